@@ -1,0 +1,1 @@
+"""Infrastructure: PostgreSQL, Redis and RabbitMQ, settings, logging and telemetry."""

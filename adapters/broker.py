@@ -1,0 +1,99 @@
+"""RabbitMQ: connections and the topology every Vigil process declares on start.
+
+    {prefix}.events          topic exchange; Vigil's own CloudEvents, routing key = type
+    {prefix}.dead            direct exchange for dead letters
+    {prefix}.inbound         quorum queue integrations publish CloudEvents to
+    {prefix}.inbound.dead    what could never be valid, with the reason in a header
+    {prefix}.dispatch        quorum queue of ``event.received`` for the scoring dispatcher
+    {prefix}.dispatch.dead   dispatch messages that failed too often
+
+Declarations are idempotent, so every process declares the whole topology on start and
+none depends on another having run first.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import aio_pika
+from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractRobustConnection
+
+from domain.messages import EVENT_RECEIVED
+
+DELIVERY_LIMIT = 10
+
+
+@dataclass(frozen=True, slots=True)
+class Names:
+    prefix: str
+
+    @property
+    def events_exchange(self) -> str:
+        return f"{self.prefix}.events"
+
+    @property
+    def dead_exchange(self) -> str:
+        return f"{self.prefix}.dead"
+
+    @property
+    def inbound(self) -> str:
+        return f"{self.prefix}.inbound"
+
+    @property
+    def inbound_dead(self) -> str:
+        return f"{self.prefix}.inbound.dead"
+
+    @property
+    def dispatch(self) -> str:
+        return f"{self.prefix}.dispatch"
+
+    @property
+    def dispatch_dead(self) -> str:
+        return f"{self.prefix}.dispatch.dead"
+
+
+def _work_queue_arguments(names: Names, dead_key: str) -> dict[str, Any]:
+    return {
+        "x-queue-type": "quorum",
+        "x-dead-letter-exchange": names.dead_exchange,
+        "x-dead-letter-routing-key": dead_key,
+        "x-delivery-limit": DELIVERY_LIMIT,
+    }
+
+
+async def connect(url: str, *, name: str) -> AbstractRobustConnection:
+    return await aio_pika.connect_robust(url, client_properties={"connection_name": name})
+
+
+async def declare_topology(channel: AbstractChannel, names: Names) -> AbstractExchange:
+    """Declare exchanges, queues and bindings; return the events exchange."""
+    events = await channel.declare_exchange(
+        names.events_exchange, aio_pika.ExchangeType.TOPIC, durable=True
+    )
+    dead = await channel.declare_exchange(
+        names.dead_exchange, aio_pika.ExchangeType.DIRECT, durable=True
+    )
+    quorum: dict[str, Any] = {"x-queue-type": "quorum"}
+
+    inbound_dead = await channel.declare_queue(names.inbound_dead, durable=True, arguments=quorum)
+    await inbound_dead.bind(dead, routing_key="inbound")
+    await channel.declare_queue(
+        names.inbound, durable=True, arguments=_work_queue_arguments(names, "inbound")
+    )
+
+    dispatch_dead = await channel.declare_queue(names.dispatch_dead, durable=True, arguments=quorum)
+    await dispatch_dead.bind(dead, routing_key="dispatch")
+    dispatch = await channel.declare_queue(
+        names.dispatch, durable=True, arguments=_work_queue_arguments(names, "dispatch")
+    )
+    await dispatch.bind(events, routing_key=EVENT_RECEIVED)
+    return events
+
+
+async def delete_topology(channel: AbstractChannel, names: Names) -> None:
+    """Remove everything :func:`declare_topology` made (used by tests)."""
+    for queue in (names.inbound, names.inbound_dead, names.dispatch, names.dispatch_dead):
+        await channel.queue_delete(queue)
+    for exchange in (names.events_exchange, names.dead_exchange):
+        await channel.exchange_delete(exchange)

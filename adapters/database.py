@@ -1,0 +1,74 @@
+"""Engines and the translation of driver errors into the domain's errors."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import asyncpg
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from domain.errors import TransientFailure
+
+# SQLSTATEs worth another try: serialization failure, deadlock, lock timeout, and the
+# connection classes (admin shutdown, cannot connect now).
+_TRANSIENT_SQLSTATES = {
+    "40001",
+    "40P01",
+    "55P03",
+    "57P01",
+    "57P02",
+    "57P03",
+    "08000",
+    "08003",
+    "08006",
+}
+
+
+def async_url(url: str) -> str:
+    """Accept plain ``postgresql://`` URLs in settings and use the asyncpg driver."""
+    for prefix in ("postgresql+asyncpg://", "postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+asyncpg://" + url[len(prefix) :]
+    raise ValueError("expected a postgresql:// URL")
+
+
+def plain_url(url: str) -> str:
+    """The same URL for asyncpg itself (LISTEN and the raw benchmarks)."""
+    return url.replace("postgresql+asyncpg://", "postgresql://", 1)
+
+
+def make_engine(url: str, *, pool_size: int = 10, application_name: str = "vigil") -> AsyncEngine:
+    return create_async_engine(
+        async_url(url),
+        pool_size=pool_size,
+        max_overflow=pool_size,
+        pool_pre_ping=True,
+        pool_recycle=1800,
+        connect_args={"server_settings": {"application_name": application_name}},
+    )
+
+
+def sqlstate(error: BaseException) -> str | None:
+    original = getattr(error, "orig", None)
+    for candidate in (original, getattr(original, "__cause__", None), error):
+        code = getattr(candidate, "sqlstate", None) or getattr(candidate, "pgcode", None)
+        if isinstance(code, str):
+            return code
+    return None
+
+
+@contextlib.contextmanager
+def translate_errors() -> Iterator[None]:
+    """Turn driver errors worth retrying into :class:`TransientFailure`."""
+    try:
+        yield
+    except (OperationalError, InterfaceError) as error:
+        raise TransientFailure("the database connection failed") from error
+    except DBAPIError as error:
+        if sqlstate(error) in _TRANSIENT_SQLSTATES or error.connection_invalidated:
+            raise TransientFailure(f"the database asked for a retry ({sqlstate(error)})") from error
+        raise
+    except (OSError, asyncpg.PostgresConnectionError) as error:
+        raise TransientFailure("the database connection failed") from error

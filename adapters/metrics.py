@@ -1,0 +1,38 @@
+"""Prometheus metrics. Every process registers in the default registry; the portal
+serves them at ``/metrics`` and the background processes on their own port."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
+
+EVENTS_INGESTED = Counter(
+    "vigil_events_ingested_total",
+    "Events answered at a door in, by door and outcome.",
+    ["door", "outcome"],
+)
+OUTBOX_PENDING = Gauge("vigil_outbox_pending", "Outbox messages waiting to be published.")
+OUTBOX_PARKED = Gauge("vigil_outbox_parked", "Outbox messages parked after too many failures.")
+OUTBOX_OLDEST_AGE = Gauge(
+    "vigil_outbox_oldest_pending_seconds", "Age of the oldest message waiting to be published."
+)
+RELAY_PUBLISHED = Counter(
+    "vigil_relay_publish_total",
+    "Outbox messages the relay tried to publish, by outcome.",
+    ["outcome"],
+)
+RELAY_PUBLISH_SECONDS = Histogram(
+    "vigil_relay_publish_seconds",
+    "Time from the start of a publish to the broker's confirm.",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+)
+INBOUND_MESSAGES = Counter(
+    "vigil_inbound_messages_total",
+    "Messages taken from the inbound queue, by outcome.",
+    ["outcome"],
+)
+
+
+def serve_metrics(port: int) -> None:
+    """Expose the default registry over HTTP on 127.0.0.1 (port 0: do not serve)."""
+    if port:
+        start_http_server(port, addr="127.0.0.1")

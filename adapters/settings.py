@@ -1,0 +1,57 @@
+"""Settings, read from ``VIGIL_`` environment variables; the defaults fit a machine that
+runs PostgreSQL, Redis and RabbitMQ on their standard local ports."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="VIGIL_", extra="ignore")
+
+    environment: str = Field("development", pattern="^(development|test|production)$")
+
+    # Each process connects as the least-privileged role that does its job.
+    database_url: str = "postgresql://vigil_app@127.0.0.1:5432/vigil"
+    relay_database_url: str = "postgresql://vigil_relay@127.0.0.1:5432/vigil"
+    owner_database_url: str = "postgresql://vigil_owner@127.0.0.1:5432/vigil"
+    database_pool_size: int = Field(10, ge=1, le=200)
+
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    amqp_url: SecretStr = SecretStr("amqp://guest:guest@127.0.0.1:5672/")
+    # Every exchange and queue name starts with this, so that tests and tenants of a
+    # shared broker can keep to their own.
+    amqp_prefix: str = Field("vigil", pattern="^[a-z][a-z0-9_.-]{0,40}$")
+
+    jwt_secret: SecretStr = SecretStr("change-me-local-development-only-secret")
+    jwt_issuer: str = "vigil"
+    jwt_audience: str = "vigil-api"
+    jwt_leeway_seconds: int = Field(30, ge=0, le=300)
+
+    portal_host: str = "127.0.0.1"
+    portal_port: int = Field(8000, ge=1, le=65535)
+    max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024)
+
+    relay_batch_size: int = Field(200, ge=1, le=5000)
+    relay_poll_seconds: float = Field(1.0, gt=0, le=60)
+    relay_publish_timeout_seconds: float = Field(5.0, gt=0, le=120)
+    relay_max_attempts: int = Field(10, ge=1, le=1000)
+    relay_retention_hours: float = Field(24.0, gt=0)
+    relay_metrics_port: int = Field(9101, ge=0, le=65535)
+
+    inbound_prefetch: int = Field(100, ge=1, le=10000)
+    inbound_metrics_port: int = Field(9102, ge=0, le=65535)
+
+    log_level: str = "INFO"
+
+    @property
+    def production(self) -> bool:
+        return self.environment == "production"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,1 @@
+"""Vigil's pure model: no I/O, no framework, standard library only."""

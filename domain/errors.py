@@ -1,0 +1,61 @@
+"""The domain's exceptions.
+
+    VigilError                      root of everything Vigil raises on purpose
+    ├── InvalidEvent                an event that can never be valid (code, field, message)
+    ├── IdempotencyConflict         a key seen before with a different payload
+    ├── AuditChainBroken            a record whose hash or link does not verify
+    ├── UnknownTenant               a tenant id that does not exist
+    └── TransientFailure            worth retrying: a deadlock, a lost connection, a race
+
+Each error carries a stable machine-readable ``code``; the edges (GraphQL, the inbound
+queue) map codes to responses in one place and never show internal detail.
+"""
+
+from __future__ import annotations
+
+
+class VigilError(Exception):
+    code = "INTERNAL"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class InvalidEvent(VigilError):
+    """An event that fails validation. ``field`` is a dotted path into the event."""
+
+    def __init__(self, code: str, field: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.field = field
+
+    def __repr__(self) -> str:
+        return f"InvalidEvent(code={self.code!r}, field={self.field!r}, message={self.message!r})"
+
+
+class IdempotencyConflict(VigilError):
+    code = "IDEMPOTENCY_CONFLICT"
+
+    def __init__(self, idempotency_key: str) -> None:
+        super().__init__("this idempotency key was used before with a different payload")
+        self.idempotency_key = idempotency_key
+
+
+class AuditChainBroken(VigilError):
+    code = "AUDIT_CHAIN_BROKEN"
+
+    def __init__(self, seq: int, reason: str) -> None:
+        super().__init__(f"audit record {seq}: {reason}")
+        self.seq = seq
+        self.reason = reason
+
+
+class UnknownTenant(VigilError):
+    code = "UNKNOWN_TENANT"
+
+
+class TransientFailure(VigilError):
+    """A failure worth retrying: a deadlock, a lost connection, a racing writer."""
+
+    code = "TRANSIENT"

@@ -1,0 +1,350 @@
+"""Compliance events as they arrive, and the rules that decide whether one can be valid.
+
+Both doors in (the GraphQL mutation and the inbound queue) hand the same plain mapping
+to :func:`parse_event`, so a bad event is refused with the same code and field path
+whichever way it came. Validation is strict: unknown fields are refused, amounts are
+decimal strings within the currency's minor units, and times carry their offset.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from decimal import Decimal, InvalidOperation
+from enum import StrEnum
+from typing import Any
+
+from domain.canonical import digest, format_time
+from domain.errors import InvalidEvent
+from domain.reference import COUNTRIES, CURRENCY_MINOR_UNITS
+
+MAX_EVENT_BYTES = 16 * 1024
+MAX_KEY_LENGTH = 200
+MAX_REFERENCE_LENGTH = 140
+MAX_AMOUNT_DIGITS = 18
+FUTURE_TOLERANCE = timedelta(hours=24)
+
+_KEY = re.compile(r"^[\x21-\x7e]{1,200}$")
+_ACCOUNT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,63}$")
+_AMOUNT = re.compile(r"^[0-9]{1,18}(\.[0-9]{1,4})?$")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+class EventType(StrEnum):
+    TRANSACTION = "transaction"
+    KYC_UPDATED = "kyc.updated"
+
+
+class SubjectKind(StrEnum):
+    CUSTOMER = "customer"
+    ACCOUNT = "account"
+
+
+CHANNELS = frozenset(
+    {"wire", "sepa", "swift", "ach", "instant", "card", "cash", "cheque", "internal", "other"}
+)
+RISK_RATINGS = frozenset({"low", "medium", "high"})
+SEGMENTS = frozenset({"retail", "business", "private", "correspondent"})
+
+
+@dataclass(frozen=True, slots=True)
+class SubjectRef:
+    kind: SubjectKind
+    ref: str
+
+    def masked(self) -> str:
+        """The reference as it may appear in logs: only its last four characters."""
+        return mask(self.ref)
+
+
+@dataclass(frozen=True, slots=True)
+class SubjectFacts:
+    """What an event says about one subject; merged into the subject's attributes."""
+
+    subject: SubjectRef
+    attributes: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class EventDraft:
+    """A validated event, not yet stored.
+
+    ``payload`` is the normalised form that is stored and hashed; two submissions that
+    mean the same thing (``"10.5"`` and ``"10.50"`` EUR) have the same ``payload_hash``.
+    """
+
+    idempotency_key: str
+    event_type: EventType
+    occurred_at: datetime
+    payload: Mapping[str, Any]
+    payload_hash: bytes
+    primary: SubjectRef
+    counterparty: SubjectRef | None
+    facts: tuple[SubjectFacts, ...]
+    amount: Decimal | None = None
+    currency: str | None = None
+
+
+def mask(reference: str) -> str:
+    return "…" + reference[-4:] if len(reference) > 4 else "…"
+
+
+def parse_event(raw: object, *, now: datetime) -> EventDraft:
+    """Validate one event as sent by an integration; raise :class:`InvalidEvent`."""
+    event = _mapping(raw, "")
+    _check_size(event)
+    _only(event, "", {"idempotencyKey", "type", "occurredAt", "data"})
+
+    key = _string(event, "idempotencyKey", "idempotencyKey", MAX_KEY_LENGTH)
+    if not _KEY.match(key):
+        raise InvalidEvent("INVALID_FORMAT", "idempotencyKey", "use printable ASCII without spaces")
+    type_name = _string(event, "type", "type", 40)
+    try:
+        event_type = EventType(type_name)
+    except ValueError:
+        raise InvalidEvent(
+            "UNKNOWN_EVENT_TYPE", "type", f"known types: {', '.join(EventType)}"
+        ) from None
+    occurred_at = _time(event, "occurredAt", now)
+    data = _mapping(_required(event, "data", "data"), "data")
+
+    if event_type is EventType.TRANSACTION:
+        return _transaction(key, occurred_at, data)
+    return _kyc_update(key, occurred_at, data)
+
+
+def _transaction(key: str, occurred_at: datetime, data: Mapping[str, Any]) -> EventDraft:
+    _only(
+        data,
+        "data",
+        {"amount", "currency", "originator", "beneficiary", "channel", "reference"},
+    )
+    currency = _currency(data, "data.currency")
+    amount = _amount(data, "data.amount", currency)
+    originator = _party(data, "originator")
+    beneficiary = _party(data, "beneficiary")
+    channel = _string(data, "channel", "data.channel", 20)
+    if channel not in CHANNELS:
+        raise InvalidEvent(
+            "INVALID_VALUE", "data.channel", f"known channels: {', '.join(sorted(CHANNELS))}"
+        )
+    reference = None
+    if data.get("reference") is not None:
+        reference = _string(data, "reference", "data.reference", MAX_REFERENCE_LENGTH)
+    if originator["account"] == beneficiary["account"]:
+        raise InvalidEvent(
+            "INVALID_VALUE",
+            "data.beneficiary.account",
+            "originator and beneficiary are one account",
+        )
+
+    normalised = {
+        "amount": str(amount),
+        "currency": currency,
+        "originator": originator,
+        "beneficiary": beneficiary,
+        "channel": channel,
+        "reference": reference,
+    }
+    payload = _payload(EventType.TRANSACTION, occurred_at, normalised)
+    origin = SubjectRef(SubjectKind.ACCOUNT, originator["account"])
+    target = SubjectRef(SubjectKind.ACCOUNT, beneficiary["account"])
+    return EventDraft(
+        idempotency_key=key,
+        event_type=EventType.TRANSACTION,
+        occurred_at=occurred_at,
+        payload=payload,
+        payload_hash=digest(payload),
+        primary=origin,
+        counterparty=target,
+        facts=(
+            SubjectFacts(origin, {"country": originator["country"]}),
+            SubjectFacts(target, {"country": beneficiary["country"]}),
+        ),
+        amount=amount,
+        currency=currency,
+    )
+
+
+def _kyc_update(key: str, occurred_at: datetime, data: Mapping[str, Any]) -> EventDraft:
+    _only(data, "data", {"subject", "attributes"})
+    subject_raw = _mapping(_required(data, "subject", "data.subject"), "data.subject")
+    _only(subject_raw, "data.subject", {"kind", "ref"})
+    kind_name = _string(subject_raw, "kind", "data.subject.kind", 20)
+    try:
+        kind = SubjectKind(kind_name)
+    except ValueError:
+        raise InvalidEvent(
+            "INVALID_VALUE", "data.subject.kind", "a subject is a customer or an account"
+        ) from None
+    ref = _account_like(subject_raw, "ref", "data.subject.ref")
+
+    attrs_raw = _mapping(_required(data, "attributes", "data.attributes"), "data.attributes")
+    _only(
+        attrs_raw,
+        "data.attributes",
+        {"riskRating", "pep", "sanctionsHit", "residenceCountry", "segment"},
+    )
+    if not attrs_raw:
+        raise InvalidEvent("REQUIRED", "data.attributes", "name at least one attribute")
+    attributes: dict[str, Any] = {}
+    for name in ("pep", "sanctionsHit"):
+        if name in attrs_raw:
+            value = attrs_raw[name]
+            if not isinstance(value, bool):
+                raise InvalidEvent("INVALID_TYPE", f"data.attributes.{name}", "expected a boolean")
+            attributes[name] = value
+    for name, allowed in (("riskRating", RISK_RATINGS), ("segment", SEGMENTS)):
+        if name in attrs_raw:
+            value = _string(attrs_raw, name, f"data.attributes.{name}", 20)
+            if value not in allowed:
+                raise InvalidEvent(
+                    "INVALID_VALUE",
+                    f"data.attributes.{name}",
+                    f"one of: {', '.join(sorted(allowed))}",
+                )
+            attributes[name] = value
+    if "residenceCountry" in attrs_raw:
+        attributes["residenceCountry"] = _country(
+            attrs_raw, "residenceCountry", "data.attributes.residenceCountry"
+        )
+
+    normalised = {"subject": {"kind": kind.value, "ref": ref}, "attributes": attributes}
+    payload = _payload(EventType.KYC_UPDATED, occurred_at, normalised)
+    subject = SubjectRef(kind, ref)
+    return EventDraft(
+        idempotency_key=key,
+        event_type=EventType.KYC_UPDATED,
+        occurred_at=occurred_at,
+        payload=payload,
+        payload_hash=digest(payload),
+        primary=subject,
+        counterparty=None,
+        facts=(SubjectFacts(subject, attributes),),
+    )
+
+
+def _payload(
+    event_type: EventType, occurred_at: datetime, data: Mapping[str, Any]
+) -> dict[str, Any]:
+    return {"type": event_type.value, "occurredAt": format_time(occurred_at), "data": dict(data)}
+
+
+# -- field readers: each names the field at fault --------------------------------------
+
+
+def _check_size(event: Mapping[str, Any]) -> None:
+    try:
+        size = len(json.dumps(event, default=str, ensure_ascii=False).encode("utf-8"))
+    except (TypeError, ValueError):
+        raise InvalidEvent("INVALID_TYPE", "", "expected a JSON object") from None
+    if size > MAX_EVENT_BYTES:
+        raise InvalidEvent("TOO_LARGE", "", f"an event is at most {MAX_EVENT_BYTES} bytes")
+
+
+def _mapping(value: object, path: str) -> Mapping[str, Any]:
+    if not isinstance(value, Mapping):
+        raise InvalidEvent("INVALID_TYPE", path, "expected an object")
+    return value
+
+
+def _only(value: Mapping[str, Any], path: str, allowed: set[str]) -> None:
+    unknown = sorted(str(name) for name in value if name not in allowed)
+    if unknown:
+        where = f"{path}.{unknown[0]}" if path else unknown[0]
+        raise InvalidEvent("UNKNOWN_FIELD", where, "this field is not part of the event")
+
+
+def _required(value: Mapping[str, Any], name: str, path: str) -> Any:
+    if value.get(name) is None:
+        raise InvalidEvent("REQUIRED", path, "this field is required")
+    return value[name]
+
+
+def _string(value: Mapping[str, Any], name: str, path: str, max_length: int) -> str:
+    text = _required(value, name, path)
+    if not isinstance(text, str):
+        raise InvalidEvent("INVALID_TYPE", path, "expected a string")
+    if not text.strip():
+        raise InvalidEvent("REQUIRED", path, "this field is required")
+    if len(text) > max_length:
+        raise InvalidEvent("TOO_LONG", path, f"at most {max_length} characters")
+    if _CONTROL.search(text):
+        raise InvalidEvent("INVALID_FORMAT", path, "control characters are not allowed")
+    return text
+
+
+def _account_like(value: Mapping[str, Any], name: str, path: str) -> str:
+    text = _string(value, name, path, 64)
+    if not _ACCOUNT.match(text):
+        raise InvalidEvent(
+            "INVALID_FORMAT", path, "letters, digits and . _ : / - only, starting alphanumeric"
+        )
+    return text
+
+
+def _country(value: Mapping[str, Any], name: str, path: str) -> str:
+    code = _string(value, name, path, 2)
+    if code not in COUNTRIES:
+        raise InvalidEvent("INVALID_COUNTRY", path, "expected an ISO 3166-1 alpha-2 code")
+    return code
+
+
+def _currency(value: Mapping[str, Any], path: str) -> str:
+    code = _string(value, "currency", path, 3)
+    if code not in CURRENCY_MINOR_UNITS:
+        raise InvalidEvent("INVALID_CURRENCY", path, "expected an ISO 4217 currency code")
+    return code
+
+
+def _amount(value: Mapping[str, Any], path: str, currency: str) -> Decimal:
+    raw = _required(value, "amount", path)
+    if not isinstance(raw, str):
+        raise InvalidEvent(
+            "INVALID_AMOUNT", path, 'send the amount as a decimal string, such as "125.50"'
+        )
+    if not _AMOUNT.match(raw):
+        raise InvalidEvent("INVALID_AMOUNT", path, 'a positive decimal such as "125.50"')
+    try:
+        amount = Decimal(raw)
+    except InvalidOperation:  # pragma: no cover - the pattern already guards this
+        raise InvalidEvent("INVALID_AMOUNT", path, "not a decimal number") from None
+    exponent = CURRENCY_MINOR_UNITS[currency]
+    quantum = Decimal(1).scaleb(-exponent)
+    if amount != amount.quantize(quantum):
+        raise InvalidEvent(
+            "INVALID_AMOUNT", path, f"{currency} has {exponent} digits after the point"
+        )
+    if amount <= 0:
+        raise InvalidEvent("INVALID_AMOUNT", path, "the amount must be greater than zero")
+    if len(amount.quantize(quantum).as_tuple().digits) > MAX_AMOUNT_DIGITS:
+        raise InvalidEvent("INVALID_AMOUNT", path, "the amount is too large")
+    return amount.quantize(quantum)
+
+
+def _party(data: Mapping[str, Any], name: str) -> dict[str, str]:
+    path = f"data.{name}"
+    party = _mapping(_required(data, name, path), path)
+    _only(party, path, {"account", "country"})
+    return {
+        "account": _account_like(party, "account", f"{path}.account"),
+        "country": _country(party, "country", f"{path}.country"),
+    }
+
+
+def _time(value: Mapping[str, Any], name: str, now: datetime) -> datetime:
+    text = _string(value, name, name, 40)
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise InvalidEvent("INVALID_TIME", name, "expected an ISO 8601 date and time") from None
+    if moment.tzinfo is None or moment.utcoffset() is None:
+        raise InvalidEvent("NAIVE_TIME", name, "the time must carry its offset, such as Z")
+    if moment > now + FUTURE_TOLERANCE:
+        raise InvalidEvent("TIME_IN_FUTURE", name, "the event lies more than a day ahead")
+    if moment.year < 1970:
+        raise InvalidEvent("INVALID_TIME", name, "the event lies before 1970")
+    return moment

@@ -1,0 +1,1 @@
+"""The Litestar application serving the GraphQL API, health and metrics."""

@@ -1,0 +1,1 @@
+"""The composition root: the ``vigil`` command and its sub-commands."""

@@ -1,0 +1,1 @@
+"""The inbound-queue consumer and, later, the scoring dispatcher and worker."""
