@@ -39,6 +39,8 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 	$(BIN)/lint-imports
+	@if command -v docker-compose >/dev/null 2>&1; then docker-compose config -q && echo "docker-compose.yml is valid"; \
+	 elif docker compose version >/dev/null 2>&1; then docker compose config -q && echo "docker-compose.yml is valid"; fi
 
 format: install
 	$(BIN)/ruff format .

@@ -32,7 +32,7 @@ INBOUND_MESSAGES = Counter(
 )
 
 
-def serve_metrics(port: int) -> None:
-    """Expose the default registry over HTTP on 127.0.0.1 (port 0: do not serve)."""
+def serve_metrics(port: int, host: str = "127.0.0.1") -> None:
+    """Expose the default registry over HTTP (port 0: do not serve)."""
     if port:
-        start_http_server(port, addr="127.0.0.1")
+        start_http_server(port, addr=host)

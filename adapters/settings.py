@@ -44,6 +44,8 @@ class Settings(BaseSettings):
 
     inbound_prefetch: int = Field(100, ge=1, le=10000)
     inbound_metrics_port: int = Field(9102, ge=0, le=65535)
+    # Background processes serve /metrics here; in a container, bind 0.0.0.0.
+    metrics_host: str = "127.0.0.1"
 
     log_level: str = "INFO"
 

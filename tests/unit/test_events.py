@@ -1,0 +1,155 @@
+"""Validation of events as the doors in receive them."""
+
+from __future__ import annotations
+
+import copy
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+import pytest
+
+from domain.errors import InvalidEvent
+from domain.events import EventType, SubjectKind, mask, parse_event
+
+NOW = datetime(2026, 6, 1, tzinfo=UTC)
+
+
+def _set(event: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
+    changed = copy.deepcopy(event)
+    *parents, last = path.split(".")
+    target = changed
+    for part in parents:
+        target = target[part]
+    if value is _DELETE:
+        del target[last]
+    else:
+        target[last] = value
+    return changed
+
+
+_DELETE = object()
+
+
+def test_a_valid_transaction_is_normalised(transaction_event: Any) -> None:
+    draft = parse_event(transaction_event("k1", amount="10.5"), now=NOW)
+
+    assert draft.event_type is EventType.TRANSACTION
+    assert draft.amount == Decimal("10.50")
+    assert draft.payload["data"]["amount"] == "10.50"
+    assert draft.payload["occurredAt"] == "2026-03-01T08:30:00.000000Z"
+    assert draft.primary.kind is SubjectKind.ACCOUNT
+    assert draft.counterparty is not None
+
+
+def test_the_same_meaning_has_the_same_hash(transaction_event: Any) -> None:
+    one = parse_event(transaction_event("k1", amount="10.5"), now=NOW)
+    two = parse_event(
+        transaction_event("k2", amount="10.50", occurred_at="2026-03-01T08:30:00Z"), now=NOW
+    )
+    three = parse_event(transaction_event("k3", amount="10.51"), now=NOW)
+
+    assert one.payload_hash == two.payload_hash
+    assert one.payload_hash != three.payload_hash
+
+
+BAD = [
+    ("data.amount", 10.5, "INVALID_AMOUNT", "data.amount"),
+    ("data.amount", "-1.00", "INVALID_AMOUNT", "data.amount"),
+    ("data.amount", "0", "INVALID_AMOUNT", "data.amount"),
+    ("data.amount", "1.005", "INVALID_AMOUNT", "data.amount"),
+    ("data.amount", "1e5", "INVALID_AMOUNT", "data.amount"),
+    ("data.amount", "9" * 19, "INVALID_AMOUNT", "data.amount"),
+    ("data.currency", "EURO", "TOO_LONG", "data.currency"),
+    ("data.currency", "XYZ", "INVALID_CURRENCY", "data.currency"),
+    ("data.originator.country", "XX", "INVALID_COUNTRY", "data.originator.country"),
+    ("data.beneficiary.account", "bad account!", "INVALID_FORMAT", "data.beneficiary.account"),
+    ("data.beneficiary.account", _DELETE, "REQUIRED", "data.beneficiary.account"),
+    ("data.channel", "pigeon", "INVALID_VALUE", "data.channel"),
+    ("data.reference", "x" * 141, "TOO_LONG", "data.reference"),
+    ("data.reference", "line\nbreak", "INVALID_FORMAT", "data.reference"),
+    ("data.extra", 1, "UNKNOWN_FIELD", "data.extra"),
+    ("data.originator.iban", "x", "UNKNOWN_FIELD", "data.originator.iban"),
+    ("extra", 1, "UNKNOWN_FIELD", "extra"),
+    ("occurredAt", "2026-03-01T09:30:00", "NAIVE_TIME", "occurredAt"),
+    ("occurredAt", "yesterday", "INVALID_TIME", "occurredAt"),
+    ("occurredAt", "2027-01-01T00:00:00Z", "TIME_IN_FUTURE", "occurredAt"),
+    ("type", "payment", "UNKNOWN_EVENT_TYPE", "type"),
+    ("idempotencyKey", "has space", "INVALID_FORMAT", "idempotencyKey"),
+    ("idempotencyKey", "k" * 201, "TOO_LONG", "idempotencyKey"),
+    ("idempotencyKey", 42, "INVALID_TYPE", "idempotencyKey"),
+    ("data", _DELETE, "REQUIRED", "data"),
+    ("data", [], "INVALID_TYPE", "data"),
+    ("data.reference", "x" * 20_000, "TOO_LARGE", ""),
+]
+
+
+@pytest.mark.parametrize(("path", "value", "code", "field"), BAD)
+def test_a_bad_event_is_refused_naming_the_field(
+    transaction_event: Any, path: str, value: Any, code: str, field: str
+) -> None:
+    event = _set(transaction_event("k1"), path, value)
+
+    with pytest.raises(InvalidEvent) as raised:
+        parse_event(event, now=NOW)
+
+    assert (raised.value.code, raised.value.field) == (code, field)
+
+
+def test_an_account_cannot_pay_itself(transaction_event: Any) -> None:
+    event = transaction_event("k1", originator="ACC1", beneficiary="ACC1")
+
+    with pytest.raises(InvalidEvent) as raised:
+        parse_event(event, now=NOW)
+
+    assert raised.value.code == "INVALID_VALUE"
+
+
+def test_a_kyc_update_names_its_subject_and_attributes() -> None:
+    draft = parse_event(
+        {
+            "idempotencyKey": "kyc-1",
+            "type": "kyc.updated",
+            "occurredAt": "2026-02-01T00:00:00Z",
+            "data": {
+                "subject": {"kind": "customer", "ref": "CUST-1"},
+                "attributes": {"riskRating": "high", "pep": True, "residenceCountry": "IR"},
+            },
+        },
+        now=NOW,
+    )
+
+    assert draft.primary.kind is SubjectKind.CUSTOMER
+    assert draft.facts[0].attributes == {
+        "riskRating": "high",
+        "pep": True,
+        "residenceCountry": "IR",
+    }
+
+
+@pytest.mark.parametrize(
+    ("attributes", "code", "field"),
+    [
+        ({}, "REQUIRED", "data.attributes"),
+        ({"pep": "yes"}, "INVALID_TYPE", "data.attributes.pep"),
+        ({"riskRating": "extreme"}, "INVALID_VALUE", "data.attributes.riskRating"),
+        ({"residenceCountry": "ZZ"}, "INVALID_COUNTRY", "data.attributes.residenceCountry"),
+        ({"income": 5}, "UNKNOWN_FIELD", "data.attributes.income"),
+    ],
+)
+def test_bad_kyc_attributes_are_refused(attributes: dict[str, Any], code: str, field: str) -> None:
+    event = {
+        "idempotencyKey": "kyc-1",
+        "type": "kyc.updated",
+        "occurredAt": "2026-02-01T00:00:00Z",
+        "data": {"subject": {"kind": "customer", "ref": "CUST-1"}, "attributes": attributes},
+    }
+    with pytest.raises(InvalidEvent) as raised:
+        parse_event(event, now=NOW)
+
+    assert (raised.value.code, raised.value.field) == (code, field)
+
+
+def test_masking_keeps_only_the_last_four_characters() -> None:
+    assert mask("DE89370400440532013000") == "…3000"
+    assert mask("1234") == "…"
