@@ -15,7 +15,7 @@ from domain.errors import IdempotencyConflict, InvalidEvent, TransientFailure
 from domain.events import EventDraft, SubjectFacts, parse_event
 from domain.ids import new_id
 from domain.messages import EVENT_RECEIVED, OutboxMessage
-from domain.ports import NewEvent, UnitOfWork, UnitOfWorkFactory
+from domain.ports import KnownEvent, NewEvent, UnitOfWork, UnitOfWorkFactory
 from services.retry import with_retries
 
 log = logging.getLogger(__name__)
@@ -97,28 +97,25 @@ async def _store(
 ) -> dict[int, IngestResult]:
     results: dict[int, IngestResult] = {}
     async with uow_factory(caller.tenant_id) as uow:
-        known = await uow.events.find_by_keys(sorted({d.idempotency_key for d in drafts.values()}))
+        keys = sorted({draft.idempotency_key for draft in drafts.values()})
+        originals = await uow.events.find_by_keys(keys)
 
         fresh: dict[str, tuple[int, EventDraft]] = {}
+        repeats: list[tuple[int, EventDraft]] = []
         for index, draft in drafts.items():
-            earlier = known.get(draft.idempotency_key)
-            if earlier is None and draft.idempotency_key in fresh:
-                first_index, first = fresh[draft.idempotency_key]
-                results[index] = _repeat(index, draft, first.payload_hash, None)
-                continue
-            if earlier is not None:
-                results[index] = _repeat(index, draft, earlier.payload_hash, earlier.event_id)
-                continue
-            fresh[draft.idempotency_key] = (index, draft)
+            key = draft.idempotency_key
+            if key in originals or key in fresh:
+                repeats.append((index, draft))
+            else:
+                fresh[key] = (index, draft)
 
         new_events = await _write(uow, caller, [draft for _, draft in fresh.values()], now)
-        by_key = {event.draft.idempotency_key: event.event_id for event in new_events}
-        for index, draft in fresh.values():
-            results[index] = IngestResult(index, Outcome.ACCEPTED, by_key[draft.idempotency_key])
-        for index, result in list(results.items()):
-            if result.outcome is Outcome.DUPLICATE and result.event_id is None:
-                key = drafts[index].idempotency_key
-                results[index] = IngestResult(index, Outcome.DUPLICATE, by_key[key])
+        for event in new_events:
+            key = event.draft.idempotency_key
+            originals[key] = KnownEvent(event.event_id, event.draft.payload_hash)
+            results[fresh[key][0]] = IngestResult(fresh[key][0], Outcome.ACCEPTED, event.event_id)
+        for index, draft in repeats:
+            results[index] = _repeat(index, draft, originals[draft.idempotency_key])
         await uow.commit()
 
     for event in new_events:
@@ -222,13 +219,11 @@ def _received_message(event: NewEvent) -> OutboxMessage:
     )
 
 
-def _repeat(
-    index: int, draft: EventDraft, known_hash: bytes, event_id: uuid.UUID | None
-) -> IngestResult:
-    if known_hash != draft.payload_hash:
+def _repeat(index: int, draft: EventDraft, original: KnownEvent) -> IngestResult:
+    if original.payload_hash != draft.payload_hash:
         conflict = IdempotencyConflict(draft.idempotency_key)
         return _rejected(index, conflict.code, "idempotencyKey", conflict.message)
-    return IngestResult(index, Outcome.DUPLICATE, event_id)
+    return IngestResult(index, Outcome.DUPLICATE, original.event_id)
 
 
 def _rejected(index: int, code: str, field: str, message: str) -> IngestResult:
