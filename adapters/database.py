@@ -46,6 +46,9 @@ def make_engine(url: str, *, pool_size: int = 10, application_name: str = "vigil
         max_overflow=pool_size,
         pool_pre_ping=True,
         pool_recycle=1800,
+        # Statement values (account numbers among them) stay out of error messages,
+        # and so out of the logs that record those errors.
+        hide_parameters=True,
         connect_args={"server_settings": {"application_name": application_name}},
     )
 

@@ -1,0 +1,85 @@
+"""What every HTTP request gets before its handler runs: a correlation id, the caller's
+identity, a log context carrying both, and one log line when it is answered."""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from typing import Any
+
+from litestar.connection import ASGIConnection
+from litestar.datastructures import Headers, MutableScopeHeaders
+from litestar.enums import ScopeType
+from litestar.middleware import ASGIMiddleware
+from litestar.types import ASGIApp, Message, Receive, Scope, Send
+
+from adapters.logging import bind_context
+from adapters.settings import Settings
+from domain.ids import new_id
+from portal.auth import authenticate
+
+log = logging.getLogger(__name__)
+
+CORRELATION_HEADER = "X-Correlation-ID"
+_CORRELATION_ID = re.compile(r"[A-Za-z0-9._:-]{1,100}")
+
+# Probes and scrapes arrive every few seconds; their lines would drown the rest.
+_QUIET_PATHS = ("/health/", "/metrics")
+
+_STATE_KEY = "vigil.correlation_id"
+
+
+def correlation_id_from(value: str | None) -> str:
+    """The caller's correlation id when it is safe to carry along, else a new one."""
+    if value is not None and _CORRELATION_ID.fullmatch(value):
+        return value
+    return str(new_id())
+
+
+def correlation_id_of(connection: ASGIConnection[Any, Any, Any, Any]) -> str:
+    """The correlation id chosen for this request by the middleware (which serves HTTP
+    only: a WebSocket handshake gets a new one)."""
+    value = connection.scope["state"].get(_STATE_KEY)
+    return value if isinstance(value, str) else str(new_id())
+
+
+class RequestContextMiddleware(ASGIMiddleware):
+    scopes = (ScopeType.HTTP,)
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send, next_app: ASGIApp) -> None:
+        headers = Headers.from_scope(scope)
+        correlation_id = correlation_id_from(headers.get(CORRELATION_HEADER))
+        started = time.perf_counter()
+        status = 0
+
+        async def send_with_correlation(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                MutableScopeHeaders.from_message(message)[CORRELATION_HEADER] = correlation_id
+            await send(message)
+
+        with bind_context(correlation_id=correlation_id):
+            identity = authenticate(self._settings, headers.get("Authorization"))
+            scope["auth"] = identity
+            scope["state"][_STATE_KEY] = correlation_id
+            tenant_id = identity.principal.tenant_id if identity.principal else None
+            with bind_context(tenant_id=tenant_id):
+                try:
+                    await next_app(scope, receive, send_with_correlation)
+                finally:
+                    path = scope["path"]
+                    log.log(
+                        logging.DEBUG if path.startswith(_QUIET_PATHS) else logging.INFO,
+                        "request answered",
+                        extra={
+                            "method": scope.get("method"),
+                            "path": path,
+                            "status": status,
+                            "duration_ms": round((time.perf_counter() - started) * 1000, 1),
+                        },
+                    )

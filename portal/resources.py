@@ -1,0 +1,60 @@
+"""What the portal holds open for its whole life: the database engine (as the
+application role), its unit-of-work factory, and a Redis client for the readiness check.
+Opened on startup, closed on shutdown, reached by handlers through the app state."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass
+
+from litestar import Litestar
+from litestar.datastructures import State
+from redis.asyncio import Redis
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from adapters.database import make_engine
+from adapters.settings import Settings
+from adapters.unit_of_work import unit_of_work_factory
+from domain.ports import UnitOfWorkFactory
+
+PROBE_TIMEOUT_SECONDS = 2.0
+
+
+@dataclass(frozen=True, slots=True)
+class Resources:
+    settings: Settings
+    engine: AsyncEngine
+    uow_factory: UnitOfWorkFactory
+    redis: Redis
+
+
+def resources_of(state: State) -> Resources:
+    resources = state.get("resources")
+    if not isinstance(resources, Resources):
+        raise RuntimeError("the portal's resources are not open: was the lifespan run?")
+    return resources
+
+
+def lifespan(settings: Settings) -> Callable[[Litestar], AbstractAsyncContextManager[None]]:
+    @asynccontextmanager
+    async def open_resources(app: Litestar) -> AsyncIterator[None]:
+        engine = make_engine(
+            settings.database_url,
+            pool_size=settings.database_pool_size,
+            application_name="vigil-portal",
+        )
+        redis = Redis.from_url(
+            settings.redis_url,
+            socket_connect_timeout=PROBE_TIMEOUT_SECONDS,
+            socket_timeout=PROBE_TIMEOUT_SECONDS,
+        )
+        app.state.resources = Resources(settings, engine, unit_of_work_factory(engine), redis)
+        try:
+            yield
+        finally:
+            del app.state.resources
+            await redis.aclose()
+            await engine.dispose()
+
+    return open_resources

@@ -1,0 +1,180 @@
+"""The GraphQL schema: who am I, and the ingestion of compliance events.
+
+An event's ``data`` is a JSON scalar on purpose: GraphQL checks only the envelope, and the
+domain validates each event on its own (:func:`domain.events.parse_event`), so that one
+bad event is answered with its own error, naming the field at fault, while the others of
+the batch are stored. The codes are the same whichever door the event came through.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Annotated, Any
+
+import strawberry
+from litestar.connection import ASGIConnection
+from strawberry.litestar import BaseContext
+from strawberry.scalars import JSON
+
+from adapters.auth import Role
+from adapters.metrics import EVENTS_INGESTED
+from domain.ports import UnitOfWorkFactory
+from portal.auth import Identity, authenticated, authorize
+from portal.errors import BadRequest
+from portal.requests import correlation_id_of
+from portal.resources import resources_of
+from services.ingest import BatchTooLarge, Caller, IngestResult, Outcome, ingest_events
+
+DOOR = "graphql"
+
+
+class Context(BaseContext, kw_only=True):
+    identity: Identity
+    correlation_id: str
+    uow_factory: UnitOfWorkFactory
+
+
+Info = strawberry.Info[Context, None]
+
+
+async def context_of(request: ASGIConnection[Any, Any, Any, Any]) -> Context:
+    """Strawberry's context for one request (a Litestar dependency)."""
+    identity = request.scope.get("auth")
+    return Context(
+        identity=identity if isinstance(identity, Identity) else Identity(None),
+        correlation_id=correlation_id_of(request),
+        uow_factory=resources_of(request.app.state).uow_factory,
+    )
+
+
+@strawberry.type(description="The caller, as its bearer token describes it.")
+class Viewer:
+    subject: str
+    tenant_id: strawberry.ID
+    roles: list[str]
+
+
+@strawberry.input(description="One compliance event, as an integration sends it.")
+class EventInput:
+    idempotency_key: str = strawberry.field(
+        description="Unique per tenant; sending it again returns the first event."
+    )
+    type: str = strawberry.field(description="transaction or kyc.updated")
+    occurred_at: str = strawberry.field(
+        description="ISO 8601 date and time with its offset, such as 2026-03-01T09:30:00Z"
+    )
+    data: JSON = strawberry.field(description="The event's fields, validated per type.")
+
+    def as_raw(self) -> dict[str, object]:
+        return {
+            "idempotencyKey": self.idempotency_key,
+            "type": self.type,
+            "occurredAt": self.occurred_at,
+            "data": self.data,
+        }
+
+
+@strawberry.input
+class IngestEventsInput:
+    events: list[EventInput] = strawberry.field(
+        description="1 to 1,000 events; any other number refuses the whole request "
+        "(BAD_REQUEST, with extensions.field input.events)."
+    )
+    client_mutation_id: str | None = strawberry.field(
+        default=None, description="Echoed in the payload."
+    )
+
+
+@strawberry.type(description="Stored now, or earlier when `duplicate` is true.")
+class EventAccepted:
+    index: int = strawberry.field(description="The event's position in the batch.")
+    event_id: strawberry.ID
+    duplicate: bool
+
+
+@strawberry.type(description="Refused; the other events of the batch are not affected.")
+class EventRejected:
+    index: int = strawberry.field(description="The event's position in the batch.")
+    code: str = strawberry.field(description="Machine-readable, such as INVALID_AMOUNT.")
+    field: str = strawberry.field(description="Dotted path into the event, such as data.amount.")
+    message: str
+
+
+EventResult = Annotated[EventAccepted | EventRejected, strawberry.union("IngestResult")]
+
+
+@strawberry.type
+class IngestEventsPayload:
+    client_mutation_id: str | None
+    results: list[EventResult] = strawberry.field(description="One per event, in order.")
+    accepted_count: int = strawberry.field(description="Events stored by this request.")
+    duplicate_count: int = strawberry.field(description="Events stored before.")
+    rejected_count: int
+
+
+def resolve_viewer(info: Info) -> Viewer:
+    principal = authenticated(info.context.identity)
+    return Viewer(
+        subject=principal.subject,
+        tenant_id=strawberry.ID(str(principal.tenant_id)),
+        roles=sorted(role.value for role in principal.roles),
+    )
+
+
+async def resolve_ingest_events(info: Info, input: IngestEventsInput) -> IngestEventsPayload:
+    principal = authorize(info.context.identity, Role.INGEST)
+    caller = Caller(
+        tenant_id=principal.tenant_id,
+        actor=principal.subject,
+        door=DOOR,
+        correlation_id=info.context.correlation_id,
+    )
+    try:
+        results = await ingest_events(
+            info.context.uow_factory, caller, [event.as_raw() for event in input.events]
+        )
+    except BatchTooLarge as error:
+        raise BadRequest(error.message, field="input.events") from error
+
+    counts = Counter(result.outcome for result in results)
+    for outcome, count in counts.items():
+        EVENTS_INGESTED.labels(door=DOOR, outcome=outcome.value.lower()).inc(count)
+    return IngestEventsPayload(
+        client_mutation_id=input.client_mutation_id,
+        results=[_answer(result) for result in results],
+        accepted_count=counts[Outcome.ACCEPTED],
+        duplicate_count=counts[Outcome.DUPLICATE],
+        rejected_count=counts[Outcome.REJECTED],
+    )
+
+
+@strawberry.type
+class Query:
+    viewer: Viewer = strawberry.field(
+        resolver=resolve_viewer, description="The caller of this request."
+    )
+
+
+@strawberry.type
+class Mutation:
+    ingest_events: IngestEventsPayload = strawberry.mutation(
+        resolver=resolve_ingest_events,
+        description="Store compliance events; each is answered on its own.",
+    )
+
+
+def _answer(result: IngestResult) -> EventAccepted | EventRejected:
+    if result.rejection is not None:
+        return EventRejected(
+            index=result.index,
+            code=result.rejection.code,
+            field=result.rejection.field,
+            message=result.rejection.message,
+        )
+    if result.event_id is None:
+        raise RuntimeError("an accepted event without an id")
+    return EventAccepted(
+        index=result.index,
+        event_id=strawberry.ID(str(result.event_id)),
+        duplicate=result.outcome is Outcome.DUPLICATE,
+    )
