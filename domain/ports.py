@@ -16,6 +16,7 @@ from typing import Protocol, Self
 from domain.audit import AuditEntry
 from domain.events import EventDraft, SubjectFacts, SubjectRef
 from domain.messages import OutboxMessage
+from domain.scoring import ScoringStore
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +62,7 @@ class UnitOfWork(Protocol):
     events: EventStore
     subjects: SubjectStore
     inbox: Inbox
+    scoring: ScoringStore
 
     async def __aenter__(self) -> Self: ...
 

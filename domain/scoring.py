@@ -1,0 +1,224 @@
+"""What scoring reads and writes: the event as stored, the evaluation context built from
+it, and the ports through which a scorer and the scoring storage are reached.
+
+The context is a plain mapping that CEL conditions read (see ``domain.rules``):
+``event`` (the transaction's facts, money in integer minor units), and ``originator``
+and ``beneficiary`` (each subject's attributes and its history features as of the
+event's own time, so that replaying history gives the same context).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal
+from typing import Any, Protocol
+
+from domain.cases import Case
+from domain.reference import CURRENCY_MINOR_UNITS
+from domain.rules import WINDOWS, Evaluation, Ruleset
+
+
+@dataclass(frozen=True, slots=True)
+class StoredEvent:
+    event_id: uuid.UUID
+    event_type: str
+    occurred_at: datetime
+    subject_id: uuid.UUID
+    counterparty_id: uuid.UUID | None
+    amount: Decimal | None
+    currency: str | None
+    payload: Mapping[str, Any]
+    subject_attributes: Mapping[str, Any] = field(default_factory=dict)
+    counterparty_attributes: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class StoredRuleset:
+    version: int
+    document: Mapping[str, Any]
+    document_hash: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Features:
+    """History features of one subject, as of one moment (keys as in ``domain.rules``)."""
+
+    values: Mapping[str, int]
+
+    @classmethod
+    def empty(cls) -> Features:
+        names = ["days_dormant"]
+        for window in WINDOWS:
+            for direction in ("out", "in"):
+                names += [
+                    f"{direction}_count_{window}",
+                    f"{direction}_sum_minor_{window}",
+                    f"{direction}_distinct_{window}",
+                ]
+            names += [f"pair_count_{window}", f"near_threshold_count_{window}"]
+        return cls({name: 0 for name in names} | {"days_dormant": -1})
+
+
+def to_minor(amount: Decimal, currency: str) -> int:
+    """An exact integer in the currency's minor units (cents for EUR)."""
+    exponent = CURRENCY_MINOR_UNITS[currency]
+    minor = amount.scaleb(exponent)
+    if minor != minor.to_integral_value():
+        raise ValueError("the amount has more digits than the currency allows")
+    return int(minor)
+
+
+def build_context(
+    event: StoredEvent, originator: Features, beneficiary: Features
+) -> dict[str, Any]:
+    data = event.payload.get("data", {})
+    origin_country = str(data.get("originator", {}).get("country", ""))
+    target_country = str(data.get("beneficiary", {}).get("country", ""))
+    amount_minor = (
+        to_minor(event.amount, event.currency) if event.amount is not None and event.currency else 0
+    )
+    return {
+        "event": {
+            "type": event.event_type,
+            "amount": str(event.amount) if event.amount is not None else "0",
+            "amount_minor": amount_minor,
+            "currency": event.currency or "",
+            "channel": str(data.get("channel", "")),
+            "originator_country": origin_country,
+            "beneficiary_country": target_country,
+            "cross_border": bool(
+                origin_country and target_country and origin_country != target_country
+            ),
+            "hour": event.occurred_at.hour,
+        },
+        "originator": _party(event.subject_attributes, originator, origin_country),
+        "beneficiary": _party(event.counterparty_attributes, beneficiary, target_country),
+    }
+
+
+def _party(attributes: Mapping[str, Any], features: Features, country: str) -> dict[str, Any]:
+    return {
+        "country": str(attributes.get("country") or country),
+        "risk_rating": str(attributes.get("riskRating", "")),
+        "pep": bool(attributes.get("pep", False)),
+        "sanctions_hit": bool(attributes.get("sanctionsHit", False)),
+        **features.values,
+    }
+
+
+def sample_contexts() -> list[dict[str, Any]]:
+    """Well-formed contexts on which every rule of a ruleset must evaluate without error."""
+    quiet = Features.empty()
+    busy = Features({name: 7 for name in quiet.values})
+    contexts = []
+    for features, amount, country in ((quiet, 1, "NL"), (busy, 987_654_321, "IR")):
+        contexts.append(
+            {
+                "event": {
+                    "type": "transaction",
+                    "amount": str(Decimal(amount) / 100),
+                    "amount_minor": amount,
+                    "currency": "EUR",
+                    "channel": "sepa",
+                    "originator_country": "NL",
+                    "beneficiary_country": country,
+                    "cross_border": country != "NL",
+                    "hour": 3,
+                },
+                "originator": _party({}, features, "NL"),
+                "beneficiary": _party({"riskRating": "high", "pep": True}, features, country),
+            }
+        )
+    return contexts
+
+
+class RiskScorer(Protocol):
+    """Turns a context into a score with its explanation. The rules scorecard is the
+    first implementation; a statistical model can be another."""
+
+    name: str
+    version: int
+
+    def assess(self, context: Mapping[str, Any]) -> Evaluation: ...
+
+
+class ScorerProvider(Protocol):
+    def scorer_for(self, tenant_id: uuid.UUID, ruleset: StoredRuleset) -> RiskScorer:
+        """A scorer for this ruleset version, compiled once and kept."""
+        ...
+
+    def parse(self, ruleset: StoredRuleset) -> Ruleset: ...
+
+
+@dataclass(frozen=True, slots=True)
+class AssessmentRecord:
+    assessment_id: uuid.UUID
+    event_id: uuid.UUID
+    ruleset_version: int
+    scorer: str
+    evaluation: Evaluation
+    context: Mapping[str, Any]
+    scored_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class AlertRecord:
+    alert_id: uuid.UUID
+    assessment_id: uuid.UUID
+    event_id: uuid.UUID
+    subject_id: uuid.UUID
+    case_id: uuid.UUID
+    score: int
+    band: str
+    typologies: tuple[str, ...]
+    created_at: datetime
+
+
+class ScoringStore(Protocol):
+    async def load_event(self, event_id: uuid.UUID) -> StoredEvent | None: ...
+
+    async def active_ruleset(self) -> StoredRuleset | None: ...
+
+    async def ruleset(self, version: int) -> StoredRuleset | None: ...
+
+    async def latest_version(self) -> int:
+        """The highest ruleset version stored, 0 when there is none."""
+        ...
+
+    async def add_ruleset(self, ruleset: StoredRuleset, actor: str) -> None:
+        """Store a validated version (status ``validated``)."""
+        ...
+
+    async def activate(self, version: int, actor: str) -> None:
+        """Make ``version`` the one active version, retiring the one before."""
+        ...
+
+    async def has_assessment(self, event_id: uuid.UUID, ruleset_version: int) -> bool: ...
+
+    async def features(self, event: StoredEvent, ruleset: Ruleset) -> tuple[Features, Features]:
+        """Originator's and beneficiary's features as of the event's time (the event
+        itself included)."""
+        ...
+
+    async def add_assessment(self, record: AssessmentRecord) -> bool:
+        """False when this event already has an assessment for this ruleset version."""
+        ...
+
+    async def open_case(self, subject_id: uuid.UUID) -> Case | None:
+        """The subject's case that is not closed, locked until commit."""
+        ...
+
+    async def add_case(self, case: Case) -> bool:
+        """False when the subject already has a case that is not closed."""
+        ...
+
+    async def save_case(self, case: Case) -> None: ...
+
+    async def add_alert(self, alert: AlertRecord) -> None: ...
+
+    async def record_failure(self, event_id: uuid.UUID, attempts: int, reason: str) -> None: ...
+
+    async def clear_failure(self, event_id: uuid.UUID) -> None: ...

@@ -1,0 +1,343 @@
+"""Score one event: features, rules, and in one transaction the assessment with its
+explanation, the alerts and cases it causes, their audit records and messages.
+
+Scoring is idempotent: an event has at most one assessment per ruleset version (a
+unique key), so a second delivery or a second worker on the same event changes nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+from domain.audit import AuditEntry
+from domain.canonical import digest
+from domain.cases import Case, join_alert, open_case
+from domain.errors import TransientFailure, VigilError
+from domain.ids import new_id
+from domain.messages import OutboxMessage
+from domain.ports import UnitOfWork, UnitOfWorkFactory
+from domain.rules import Evaluation, Party
+from domain.scoring import (
+    AlertRecord,
+    AssessmentRecord,
+    ScorerProvider,
+    StoredEvent,
+    StoredRuleset,
+    build_context,
+)
+
+log = logging.getLogger(__name__)
+
+RISK_ASSESSED = "risk.assessed"
+CASE_OPENED = "case.opened"
+CASE_UPDATED = "case.updated"
+SYSTEM_ACTOR = "vigil:scoring"
+
+
+class EventNotFound(VigilError):
+    code = "EVENT_NOT_FOUND"
+
+
+class NoActiveRuleset(VigilError):
+    code = "NO_ACTIVE_RULESET"
+
+
+class ScoreOutcome(StrEnum):
+    ASSESSED = "assessed"
+    ALREADY_ASSESSED = "already_assessed"
+
+
+@dataclass(frozen=True, slots=True)
+class ScoreResult:
+    outcome: ScoreOutcome
+    score: int | None = None
+    alerted: int = 0
+
+
+async def score_event(
+    uow_factory: UnitOfWorkFactory,
+    scorers: ScorerProvider,
+    tenant_id: uuid.UUID,
+    event_id: uuid.UUID,
+    *,
+    correlation_id: str | None = None,
+    now: datetime | None = None,
+) -> ScoreResult:
+    moment = now or datetime.now(UTC)
+    async with uow_factory(tenant_id) as uow:
+        store = uow.scoring
+        event = await store.load_event(event_id)
+        if event is None:
+            raise EventNotFound(f"no event {event_id}")
+        stored = await store.active_ruleset()
+        if stored is None:
+            raise NoActiveRuleset("the tenant has no active ruleset")
+        if await store.has_assessment(event_id, stored.version):
+            return ScoreResult(ScoreOutcome.ALREADY_ASSESSED)
+
+        scorer = scorers.scorer_for(tenant_id, stored)
+        originator, beneficiary = await store.features(event, scorers.parse(stored))
+        context = build_context(event, originator, beneficiary)
+        evaluation = scorer.assess(context)
+
+        record = AssessmentRecord(
+            new_id(), event_id, stored.version, scorer.name, evaluation, context, moment
+        )
+        if not await store.add_assessment(record):
+            return ScoreResult(ScoreOutcome.ALREADY_ASSESSED)
+        _record_assessment(uow, event, record, correlation_id)
+        alerted = await _raise_alerts(uow, event, record, correlation_id) if evaluation.alert else 0
+        await store.clear_failure(event_id)
+        await uow.commit()
+
+    log.debug(
+        "event scored",
+        extra={
+            "tenant_id": str(tenant_id),
+            "event_id": str(event_id),
+            "score": evaluation.score,
+            "band": evaluation.band.value,
+            "alerts": alerted,
+        },
+    )
+    return ScoreResult(ScoreOutcome.ASSESSED, evaluation.score, alerted)
+
+
+async def record_failure(
+    uow_factory: UnitOfWorkFactory,
+    tenant_id: uuid.UUID,
+    event_id: uuid.UUID,
+    attempts: int,
+    reason: str,
+) -> None:
+    """Mark an event whose scoring keeps failing, so that it is visible and re-driven."""
+    async with uow_factory(tenant_id) as uow:
+        await uow.scoring.record_failure(event_id, attempts, reason[:1000])
+        uow.record(
+            AuditEntry(
+                new_id(),
+                SYSTEM_ACTOR,
+                "scoring.failed",
+                "event",
+                str(event_id),
+                None,
+                {"attempts": attempts, "reason": reason[:1000]},
+            )
+        )
+        await uow.commit()
+
+
+def _record_assessment(
+    uow: UnitOfWork, event: StoredEvent, record: AssessmentRecord, correlation_id: str | None
+) -> None:
+    evaluation = record.evaluation
+    fired = [outcome.code for outcome in evaluation.outcomes if outcome.fired]
+    uow.record(
+        AuditEntry(
+            new_id(),
+            SYSTEM_ACTOR,
+            "risk.assessed",
+            "assessment",
+            str(record.assessment_id),
+            correlation_id,
+            {
+                "eventId": str(event.event_id),
+                "rulesetVersion": record.ruleset_version,
+                "score": evaluation.score,
+                "band": evaluation.band.value,
+                "rulesFired": fired,
+                "contextHash": digest(record.context).hex(),
+            },
+        )
+    )
+    uow.publish(
+        OutboxMessage(
+            message_id=new_id(),
+            message_type=RISK_ASSESSED,
+            subject=f"assessment/{record.assessment_id}",
+            ordering_key=event.event_id,
+            time=record.scored_at,
+            correlation_id=correlation_id,
+            data={
+                "assessmentId": str(record.assessment_id),
+                "eventId": str(event.event_id),
+                "rulesetVersion": record.ruleset_version,
+                "score": evaluation.score,
+                "band": evaluation.band.value,
+                "alert": evaluation.alert,
+                "rulesFired": fired,
+            },
+        )
+    )
+
+
+async def _raise_alerts(
+    uow: UnitOfWork, event: StoredEvent, record: AssessmentRecord, correlation_id: str | None
+) -> int:
+    """One alert per account the fired rules concern, each joining or opening its case."""
+    evaluation = record.evaluation
+    count = 0
+    for party in evaluation.concerned():
+        subject_id = event.subject_id if party is Party.ORIGINATOR else event.counterparty_id
+        if subject_id is None:
+            continue
+        typologies = tuple(
+            sorted({o.typology for o in evaluation.outcomes if o.fired and o.concerns is party})
+        )
+        case, opened = await _case_for(uow, subject_id, evaluation, record.scored_at)
+        alert = AlertRecord(
+            new_id(),
+            record.assessment_id,
+            event.event_id,
+            subject_id,
+            case.case_id,
+            evaluation.score,
+            evaluation.band.value,
+            typologies,
+            record.scored_at,
+        )
+        await uow.scoring.add_alert(alert)
+        _record_case_change(uow, case, alert, opened, correlation_id)
+        count += 1
+    return count
+
+
+async def _case_for(
+    uow: UnitOfWork, subject_id: uuid.UUID, evaluation: Evaluation, now: datetime
+) -> tuple[Case, bool]:
+    store = uow.scoring
+    existing = await store.open_case(subject_id)
+    if existing is not None:
+        case = join_alert(existing, evaluation.band, evaluation.score, now)
+        await store.save_case(case)
+        return case, False
+    case = open_case(new_id(), subject_id, evaluation.band, evaluation.score, now)
+    if not await store.add_case(case):
+        # Another worker opened the subject's case since we looked: start again, and
+        # the alert will join that case.
+        raise TransientFailure("the subject's case was opened concurrently")
+    return case, True
+
+
+def _record_case_change(
+    uow: UnitOfWork, case: Case, alert: AlertRecord, opened: bool, correlation_id: str | None
+) -> None:
+    action = CASE_OPENED if opened else CASE_UPDATED
+    data: dict[str, Any] = {
+        "caseId": str(case.case_id),
+        "subjectId": str(case.subject_id),
+        "status": case.status.value,
+        "band": case.band.value,
+        "priority": case.priority,
+        "slaDueAt": case.sla_due_at.isoformat(),
+        "alertCount": case.alert_count,
+        "version": case.version,
+        "alertId": str(alert.alert_id),
+        "typologies": list(alert.typologies),
+    }
+    uow.record(
+        AuditEntry(
+            new_id(),
+            SYSTEM_ACTOR,
+            "alert.raised",
+            "alert",
+            str(alert.alert_id),
+            correlation_id,
+            {
+                "caseId": str(case.case_id),
+                "score": alert.score,
+                "typologies": list(alert.typologies),
+            },
+        )
+    )
+    uow.record(
+        AuditEntry(new_id(), SYSTEM_ACTOR, action, "case", str(case.case_id), correlation_id, data)
+    )
+    uow.publish(
+        OutboxMessage(
+            message_id=new_id(),
+            message_type=action,
+            subject=f"case/{case.case_id}",
+            ordering_key=case.case_id,
+            time=alert.created_at,
+            correlation_id=correlation_id,
+            data=data,
+        )
+    )
+
+
+async def install_ruleset(
+    uow_factory: UnitOfWorkFactory,
+    scorers: ScorerProvider,
+    tenant_id: uuid.UUID,
+    document: dict[str, Any],
+    actor: str,
+    *,
+    activate: bool,
+) -> int:
+    """Validate a ruleset document and store it as the tenant's next version; with
+    ``activate``, make it the one active version. A document that does not validate is
+    refused (``InvalidRuleset``) and never stored."""
+    async with uow_factory(tenant_id) as uow:
+        version = await uow.scoring.latest_version() + 1
+        stored = StoredRuleset(version, document, digest(document))
+        scorers.scorer_for(tenant_id, stored)  # compiles and dry-runs every rule
+        await uow.scoring.add_ruleset(stored, actor)
+        uow.record(
+            AuditEntry(
+                new_id(),
+                actor,
+                "ruleset.validated",
+                "ruleset",
+                str(version),
+                None,
+                {"version": version, "documentHash": stored.document_hash.hex()},
+            )
+        )
+        if activate:
+            await _activate(uow, scorers, stored, actor)
+        await uow.commit()
+    return version
+
+
+async def activate_ruleset(
+    uow_factory: UnitOfWorkFactory,
+    scorers: ScorerProvider,
+    tenant_id: uuid.UUID,
+    version: int,
+    actor: str,
+) -> None:
+    async with uow_factory(tenant_id) as uow:
+        stored = await uow.scoring.ruleset(version)
+        if stored is None:
+            raise NoActiveRuleset(f"no ruleset version {version}")
+        await _activate(uow, scorers, stored, actor)
+        await uow.commit()
+
+
+async def _activate(
+    uow: UnitOfWork, scorers: ScorerProvider, stored: StoredRuleset, actor: str
+) -> None:
+    scorers.scorer_for(uow.tenant_id, stored)  # validated again: never activate a bad one
+    previous = await uow.scoring.active_ruleset()
+    await uow.scoring.activate(stored.version, actor)
+    uow.record(
+        AuditEntry(
+            new_id(),
+            actor,
+            "ruleset.activated",
+            "ruleset",
+            str(stored.version),
+            None,
+            {
+                "version": stored.version,
+                "documentHash": stored.document_hash.hex(),
+                "previousVersion": previous.version if previous else None,
+            },
+        )
+    )
