@@ -1,0 +1,179 @@
+"""Publishing one outbox row to RabbitMQ, and what can become of it.
+
+The channel has publisher confirms and ``on_return_raises``, and every message is
+mandatory, so a publish ends in one of these ways:
+
+    published   the broker routed the message to a queue and confirmed it
+    returned    no queue is bound for its routing key (aio-pika raises PublishError)
+    nacked      the broker refused it (DeliveryError)
+    timeout     no answer within the publish timeout
+    error       anything else about this message (the channel was closed on it, ...)
+
+Those are about the message: the relay counts them against the row. A lost connection
+is about the broker, not the message: :class:`BrokerUnavailable` is raised, the row is
+left as it was, and the next publish connects again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+from enum import StrEnum
+
+import aio_pika
+from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractExchange
+from aio_pika.exceptions import (
+    AMQPConnectionError,
+    ChannelInvalidStateError,
+    DeliveryError,
+    PublishError,
+)
+
+from adapters.broker import Names, declare_topology
+from domain.errors import TransientFailure
+from outbox.store import PendingRow
+
+log = logging.getLogger(__name__)
+
+CONTENT_TYPE = "application/cloudevents+json"
+
+_CONNECT_TIMEOUT_SECONDS = 10.0
+
+
+class Outcome(StrEnum):
+    PUBLISHED = "published"
+    RETURNED = "returned"
+    NACKED = "nacked"
+    TIMEOUT = "timeout"
+    ERROR = "error"
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    outcome: Outcome
+    seconds: float
+    error: str | None = None
+
+
+class BrokerUnavailable(TransientFailure):
+    """The broker cannot be reached; nothing is known about the message in flight."""
+
+
+class Publisher:
+    """One connection and one confirming channel, opened when first needed and opened
+    again after they were lost. The topology is declared on every connect, so work
+    queues exist before the first message leaves.
+
+    The connection is a plain one, not a robust one: the relay wants to know that a
+    batch lost its broker (and leave its rows for later) rather than have a channel
+    restored behind its back, and it reconnects between batches on its own terms.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        names: Names,
+        *,
+        timeout_seconds: float,
+        connection_name: str = "vigil-relay",
+    ) -> None:
+        self._url = url
+        self._names = names
+        self._timeout = timeout_seconds
+        self._connection_name = connection_name
+        self._connection: AbstractConnection | None = None
+        self._channel: AbstractChannel | None = None
+        self._exchange: AbstractExchange | None = None
+
+    @property
+    def connected(self) -> bool:
+        return (
+            self._connection is not None
+            and not self._connection.is_closed
+            and self._channel is not None
+            and not self._channel.is_closed
+        )
+
+    async def connect(self) -> None:
+        """Make sure the connection and channel are open; raise BrokerUnavailable if not."""
+        if self.connected:
+            return
+        await self.close()
+        try:
+            self._connection = await aio_pika.connect(
+                self._url,
+                timeout=_CONNECT_TIMEOUT_SECONDS,
+                client_properties={"connection_name": self._connection_name},
+            )
+            self._channel = await self._connection.channel(
+                publisher_confirms=True, on_return_raises=True
+            )
+            self._exchange = await declare_topology(self._channel, self._names)
+        except (AMQPConnectionError, ConnectionError, OSError, TimeoutError) as error:
+            await self.close()
+            raise BrokerUnavailable(f"cannot reach the broker: {_describe(error)}") from error
+        log.info("broker connected", extra={"exchange": self._names.events_exchange})
+
+    async def close(self) -> None:
+        connection, self._connection = self._connection, None
+        self._channel = self._exchange = None
+        if connection is not None and not connection.is_closed:
+            try:
+                await connection.close()
+            except Exception as error:  # a connection that broke is dropped all the same
+                log.debug("broker connection closed uncleanly", extra={"error": _describe(error)})
+
+    async def publish(self, row: PendingRow) -> Delivery:
+        """Publish a row's CloudEvent and wait for the broker's answer."""
+        exchange = self._exchange
+        if exchange is None or not self.connected:
+            raise BrokerUnavailable("not connected to the broker")
+        message = _message(row)
+
+        started = time.perf_counter()
+        try:
+            await exchange.publish(
+                message, routing_key=row.message_type, mandatory=True, timeout=self._timeout
+            )
+        except PublishError as error:
+            return _failed(Outcome.RETURNED, started, error)
+        except DeliveryError as error:
+            return _failed(Outcome.NACKED, started, error)
+        except TimeoutError as error:
+            return _failed(Outcome.TIMEOUT, started, error)
+        except (AMQPConnectionError, ChannelInvalidStateError, ConnectionError, OSError) as error:
+            raise BrokerUnavailable(f"lost the broker: {_describe(error)}") from error
+        except asyncio.CancelledError as error:
+            # aiormq cancels the confirmations pending on a channel that closes; only a
+            # cancellation of this very task is a request to stop.
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise
+            raise BrokerUnavailable("the channel closed during the publish") from error
+        except Exception as error:  # about this message only: counted against its row
+            return _failed(Outcome.ERROR, started, error)
+        return Delivery(Outcome.PUBLISHED, time.perf_counter() - started)
+
+
+def _message(row: PendingRow) -> aio_pika.Message:
+    return aio_pika.Message(
+        body=row.body.encode(),
+        content_type=CONTENT_TYPE,
+        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+        message_id=str(row.message_id),
+        correlation_id=row.correlation_id,
+        type=row.message_type,
+        app_id="vigil",
+        headers={"tenantid": str(row.tenant_id), "type": row.message_type},
+    )
+
+
+def _failed(outcome: Outcome, started: float, error: BaseException) -> Delivery:
+    return Delivery(outcome, time.perf_counter() - started, f"{outcome}: {_describe(error)}")
+
+
+def _describe(error: BaseException) -> str:
+    detail = str(error) or type(error).__name__
+    return detail[:500]

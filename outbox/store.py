@@ -1,0 +1,257 @@
+"""The relay's SQL: claim the rows that may leave now, mark what became of them, delete
+what was published long ago.
+
+A row may leave when it is due and is the *head* of its ordering key: no earlier row of
+the same (tenant, ordering key) is still pending. Only heads are claimed with
+``SKIP LOCKED``; the rows that follow a claimed head are then locked in the same
+transaction. Nobody else claims a row that is not a head, so while one relay holds a
+key's head, that whole key is its own, and a key's messages leave in ``seq`` order.
+
+Parked rows are not pending: they hold up nothing behind them.
+
+Heads are found in two ways, because each is quick where the other is slow:
+
+* in ``seq`` order, within a window of the oldest pending rows: quick when there are
+  many keys, so that heads are dense among the oldest rows;
+* one index descent per key with pending rows (a "loose index scan"), when the window
+  held fewer heads than the batch wants: quick when there are few keys, each with a
+  long queue.
+
+Neither keeps a cursor: a row that commits after a row with a higher ``seq`` is found.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+# How many of the oldest pending rows the quick path looks at, per row of the batch.
+_WINDOW_PER_ROW = 5
+
+
+def _pending(alias: str) -> str:
+    return f"{alias}.published_at IS NULL AND {alias}.parked_at IS NULL"
+
+
+_COLUMNS = """
+    o.tenant_id, o.message_id, o.seq, o.ordering_key, o.message_type, o.attempts,
+    o.envelope::text AS body, o.envelope->>'correlationid' AS correlation_id,
+    o.next_attempt_at <= now() AS due
+"""
+
+# The statements that must stay quick with a long backlog are public: a test checks
+# that their conditions still match the partial indexes on pending and published rows.
+HEADS_IN_WINDOW = text(f"""
+SELECT {_COLUMNS}
+FROM outbox o
+WHERE {_pending("o")}
+  AND o.next_attempt_at <= now()
+  AND o.seq <= (
+      SELECT max(w.seq) FROM (
+          SELECT p.seq FROM outbox p WHERE {_pending("p")} ORDER BY p.seq LIMIT :window
+      ) w)
+  AND NOT EXISTS (
+      SELECT FROM outbox e
+      WHERE e.tenant_id = o.tenant_id AND e.ordering_key = o.ordering_key
+        AND e.seq < o.seq AND {_pending("e")})
+ORDER BY o.seq
+LIMIT :limit
+FOR UPDATE OF o SKIP LOCKED
+""")
+
+HEADS_BY_KEY = text(f"""
+WITH RECURSIVE firsts AS (
+    (SELECT p.tenant_id, p.ordering_key, p.seq FROM outbox p
+     WHERE {_pending("p")}
+     ORDER BY p.tenant_id, p.ordering_key, p.seq
+     LIMIT 1)
+    UNION ALL
+    SELECT n.tenant_id, n.ordering_key, n.seq
+    FROM firsts f CROSS JOIN LATERAL (
+        SELECT p.tenant_id, p.ordering_key, p.seq FROM outbox p
+        WHERE {_pending("p")} AND (p.tenant_id, p.ordering_key) > (f.tenant_id, f.ordering_key)
+        ORDER BY p.tenant_id, p.ordering_key, p.seq
+        LIMIT 1) n
+)
+SELECT {_COLUMNS}
+FROM firsts f JOIN outbox o ON o.seq = f.seq
+WHERE {_pending("o")}
+  AND o.next_attempt_at <= now()
+  AND o.seq <> ALL(CAST(:taken AS bigint[]))
+ORDER BY o.seq
+LIMIT :limit
+FOR UPDATE OF o SKIP LOCKED
+""")
+
+# Plain FOR UPDATE, not SKIP LOCKED: a follower skipped would leave a gap in its key.
+FOLLOWERS = text(f"""
+SELECT n.*
+FROM unnest(CAST(:tenant_ids AS uuid[]), CAST(:keys AS uuid[]), CAST(:seqs AS bigint[]))
+    AS h(tenant_id, ordering_key, seq)
+CROSS JOIN LATERAL (
+    SELECT {_COLUMNS}
+    FROM outbox o
+    WHERE o.tenant_id = h.tenant_id AND o.ordering_key = h.ordering_key AND o.seq > h.seq
+      AND {_pending("o")}
+    ORDER BY o.seq
+    LIMIT :per_key
+    FOR UPDATE
+) n
+""")
+
+_MARK_PUBLISHED = text("""
+UPDATE outbox o
+SET published_at = clock_timestamp(), attempts = o.attempts + 1
+FROM unnest(CAST(:tenant_ids AS uuid[]), CAST(:message_ids AS uuid[])) AS p(tenant_id, message_id)
+WHERE o.tenant_id = p.tenant_id AND o.message_id = p.message_id
+""")
+
+_MARK_FAILED = text("""
+UPDATE outbox o
+SET attempts = o.attempts + 1,
+    last_error = f.error,
+    next_attempt_at = clock_timestamp() + make_interval(secs => f.delay),
+    parked_at = CASE WHEN f.park THEN clock_timestamp() END
+FROM unnest(
+    CAST(:tenant_ids AS uuid[]), CAST(:message_ids AS uuid[]), CAST(:errors AS text[]),
+    CAST(:delays AS double precision[]), CAST(:parks AS boolean[])
+) AS f(tenant_id, message_id, error, delay, park)
+WHERE o.tenant_id = f.tenant_id AND o.message_id = f.message_id
+""")
+
+# By ctid: the rows just locked are deleted with a TID scan, not a join over the table.
+DELETE_PUBLISHED = text("""
+DELETE FROM outbox
+WHERE ctid = ANY(ARRAY(
+    SELECT ctid FROM outbox
+    WHERE published_at IS NOT NULL AND published_at < now() - make_interval(secs => :age)
+    ORDER BY published_at
+    LIMIT :limit
+    FOR UPDATE SKIP LOCKED
+))
+""")
+
+_STATS = text("SELECT pending, parked, oldest_pending_seconds FROM vigil_outbox_stats()")
+
+
+@dataclass(frozen=True, slots=True)
+class PendingRow:
+    """A claimed outbox row; ``body`` is its CloudEvent, serialised once by PostgreSQL."""
+
+    tenant_id: uuid.UUID
+    message_id: uuid.UUID
+    seq: int
+    ordering_key: uuid.UUID
+    message_type: str
+    attempts: int
+    body: str
+    correlation_id: str | None
+    due: bool
+
+    @property
+    def key(self) -> tuple[uuid.UUID, uuid.UUID]:
+        return (self.tenant_id, self.ordering_key)
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    row: PendingRow
+    error: str
+    retry_in_seconds: float
+    park: bool
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxStats:
+    pending: int
+    parked: int
+    oldest_pending_seconds: float
+
+
+async def claim(
+    connection: AsyncConnection, batch_size: int
+) -> dict[tuple[uuid.UUID, uuid.UUID], list[PendingRow]]:
+    """Lock up to ``batch_size`` rows that may leave now, grouped by ordering key, each
+    group in ``seq`` order (its head first)."""
+    heads = await _claim_heads(connection, batch_size)
+    groups = {head.key: [head] for head in heads}
+    per_key = (batch_size - len(heads)) // len(heads) if heads else 0
+    if per_key == 0:
+        return groups
+
+    result = await connection.execute(
+        FOLLOWERS,
+        {
+            "tenant_ids": [head.tenant_id for head in heads],
+            "keys": [head.ordering_key for head in heads],
+            "seqs": [head.seq for head in heads],
+            "per_key": per_key,
+        },
+    )
+    followers = sorted((PendingRow(**row) for row in result.mappings()), key=lambda r: r.seq)
+    stopped: set[tuple[uuid.UUID, uuid.UUID]] = set()
+    for row in followers:
+        # A row waiting out its back-off holds back the rest of its key.
+        if not row.due:
+            stopped.add(row.key)
+        if row.key not in stopped:
+            groups[row.key].append(row)
+    return groups
+
+
+async def _claim_heads(connection: AsyncConnection, batch_size: int) -> list[PendingRow]:
+    result = await connection.execute(
+        HEADS_IN_WINDOW, {"window": batch_size * _WINDOW_PER_ROW, "limit": batch_size}
+    )
+    heads = [PendingRow(**row) for row in result.mappings()]
+    if len(heads) < batch_size:
+        result = await connection.execute(
+            HEADS_BY_KEY,
+            {"taken": [head.seq for head in heads], "limit": batch_size - len(heads)},
+        )
+        heads.extend(PendingRow(**row) for row in result.mappings())
+    return sorted(heads, key=lambda row: row.seq)
+
+
+async def mark_published(connection: AsyncConnection, rows: Sequence[PendingRow]) -> None:
+    if not rows:
+        return
+    await connection.execute(
+        _MARK_PUBLISHED,
+        {
+            "tenant_ids": [row.tenant_id for row in rows],
+            "message_ids": [row.message_id for row in rows],
+        },
+    )
+
+
+async def mark_failed(connection: AsyncConnection, failures: Sequence[Failure]) -> None:
+    if not failures:
+        return
+    await connection.execute(
+        _MARK_FAILED,
+        {
+            "tenant_ids": [failure.row.tenant_id for failure in failures],
+            "message_ids": [failure.row.message_id for failure in failures],
+            "errors": [failure.error for failure in failures],
+            "delays": [failure.retry_in_seconds for failure in failures],
+            "parks": [failure.park for failure in failures],
+        },
+    )
+
+
+async def delete_published(
+    connection: AsyncConnection, *, older_than_seconds: float, limit: int
+) -> int:
+    """Delete up to ``limit`` rows published more than ``older_than_seconds`` ago."""
+    result = await connection.execute(DELETE_PUBLISHED, {"age": older_than_seconds, "limit": limit})
+    return result.rowcount
+
+
+async def read_stats(connection: AsyncConnection) -> OutboxStats:
+    row = (await connection.execute(_STATS)).one()
+    return OutboxStats(int(row.pending), int(row.parked), float(row.oldest_pending_seconds))

@@ -1,0 +1,452 @@
+"""The outbox relay against the real PostgreSQL and RabbitMQ, driven batch by batch.
+
+Each test silences the rows earlier tests left pending, writes its own rows, runs
+:meth:`Relay.run_once` and looks at what reached a queue bound to the events exchange
+and at what became of the rows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+from aio_pika.abc import AbstractRobustConnection
+from prometheus_client import REGISTRY
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from adapters.broker import Names
+from adapters.database import plain_url
+from adapters.settings import Settings
+from domain.ids import new_id
+from outbox import store
+from outbox.publisher import CONTENT_TYPE, Publisher
+from outbox.relay import Backoff, Relay
+from outbox.wakeup import Wakeup
+from services.ingest import Caller, Outcome, ingest_events
+from tests.integration.relay_support import insert_row, outbox_rows, tap, until
+
+MakeRelay = Callable[..., Relay]
+
+pytestmark = pytest.mark.usefixtures("quiet_outbox")
+
+
+@pytest.fixture
+async def make_relay(
+    settings: Settings, relay_engine: AsyncEngine, names: Names, amqp: AbstractRobustConnection
+) -> AsyncIterator[MakeRelay]:
+    """Relays on connections of their own. (``amqp`` removes, when the session ends, the
+    topology their publishers declare.)"""
+    relays: list[Relay] = []
+
+    def make(**options: Any) -> Relay:
+        publisher = Publisher(
+            settings.amqp_url.get_secret_value(),
+            names,
+            timeout_seconds=settings.relay_publish_timeout_seconds,
+        )
+        relay = Relay(relay_engine, publisher, **options)
+        relays.append(relay)
+        return relay
+
+    yield make
+    for relay in relays:
+        await relay.close()
+
+
+def published_total(outcome: str) -> float:
+    return REGISTRY.get_sample_value("vigil_relay_publish_total", {"outcome": outcome}) or 0.0
+
+
+async def due_now(owner_engine: AsyncEngine, tenant: uuid.UUID, message_id: uuid.UUID) -> None:
+    """Skip a row's back-off, as the passing of time would."""
+    async with owner_engine.begin() as connection:
+        await connection.execute(
+            text(
+                "UPDATE outbox SET next_attempt_at = now()"
+                " WHERE tenant_id = :tenant AND message_id = :id"
+            ),
+            {"tenant": tenant, "id": message_id},
+        )
+
+
+async def listener_pid(engine: AsyncEngine, application: str, *, other_than: int | None) -> int:
+    """The backend that listens for the relay, once it has run its LISTEN."""
+    query = text(
+        "SELECT pid FROM pg_stat_activity"
+        " WHERE application_name = :name AND query LIKE 'LISTEN%' AND pid <> :other"
+    )
+    async with asyncio.timeout(10):
+        while True:
+            async with engine.connect() as connection:
+                pid = await connection.scalar(
+                    query, {"name": application, "other": other_than or 0}
+                )
+            if pid is not None:
+                return int(pid)
+            await asyncio.sleep(0.05)
+
+
+async def test_an_ingested_event_is_published_as_a_cloud_event(
+    tenant: uuid.UUID,
+    uow_factory: Any,
+    transaction_event: Any,
+    make_relay: MakeRelay,
+    owner_engine: AsyncEngine,
+    amqp: AbstractRobustConnection,
+    names: Names,
+) -> None:
+    caller = Caller(tenant, actor="core-banking", door="test", correlation_id="corr-42")
+    (result,) = await ingest_events(uow_factory, caller, [transaction_event()])
+    assert result.outcome is Outcome.ACCEPTED
+    (message_id,) = await outbox_rows(owner_engine, tenant)
+
+    async with tap(amqp, names, tenant, routing_key="#") as queue:
+        assert await make_relay().run_once() == 1
+        await until(lambda: len(queue.messages) == 1)
+
+    (message,) = queue.messages
+    (envelope,) = queue.envelopes()
+    assert envelope["id"] == message_id
+    assert envelope["specversion"] == "1.0"
+    assert envelope["type"] == "event.received"
+    assert envelope["tenantid"] == str(tenant)
+    assert envelope["correlationid"] == "corr-42"
+    assert envelope["data"]["eventId"] == str(result.event_id)
+    assert message.message_id == message_id
+    assert message.correlation_id == "corr-42"
+    assert message.content_type == CONTENT_TYPE
+    assert message.delivery_mode == 2
+    assert message.routing_key == "event.received"
+    assert message.headers == {"tenantid": str(tenant), "type": "event.received"}
+
+    row = (await outbox_rows(owner_engine, tenant))[message_id]
+    assert row.published_at is not None
+    assert row.parked_at is None
+
+
+async def test_a_row_that_commits_late_is_still_published(
+    tenant: uuid.UUID,
+    make_relay: MakeRelay,
+    owner_engine: AsyncEngine,
+    amqp: AbstractRobustConnection,
+    names: Names,
+) -> None:
+    relay = make_relay()
+    async with tap(amqp, names, tenant) as queue, owner_engine.connect() as late:
+        transaction = await late.begin()
+        late_id, late_seq = await insert_row(late, tenant)
+        async with owner_engine.begin() as early:
+            early_id, early_seq = await insert_row(early, tenant)
+        assert early_seq > late_seq
+
+        assert await relay.run_once() == 1
+        await until(lambda: queue.ids == [str(early_id)])
+
+        await transaction.commit()
+        assert await relay.run_once() == 1
+        await until(lambda: queue.ids == [str(early_id), str(late_id)])
+
+    rows = await outbox_rows(owner_engine, tenant)
+    assert all(row.published_at is not None for row in rows.values())
+
+
+async def test_an_unroutable_message_is_retried_then_parked_without_holding_up_others(
+    tenant: uuid.UUID,
+    make_relay: MakeRelay,
+    owner_engine: AsyncEngine,
+    amqp: AbstractRobustConnection,
+    names: Names,
+) -> None:
+    relay = make_relay(max_attempts=3, retry=Backoff(base_seconds=60, cap_seconds=90))
+    subject, other_subject = new_id(), new_id()
+    async with owner_engine.begin() as connection:
+        stuck, _ = await insert_row(
+            connection, tenant, ordering_key=subject, message_type="test.nobody.listens"
+        )
+        behind, _ = await insert_row(connection, tenant, ordering_key=subject)
+        other, _ = await insert_row(connection, tenant, ordering_key=other_subject)
+    returned_before, parked_before = published_total("returned"), published_total("parked")
+
+    async with tap(amqp, names, tenant) as queue:
+        # All three are claimed; the row behind the stuck one is left as it was.
+        assert await relay.run_once() == 3
+        await until(lambda: queue.ids == [str(other)])
+        rows = await outbox_rows(owner_engine, tenant)
+        assert "NO_ROUTE" in rows[str(stuck)].last_error
+        assert (rows[str(behind)].attempts, rows[str(behind)].published_at) == (0, None)
+
+        for attempt, back_off in ((1, 60), (2, 90)):
+            row = (await outbox_rows(owner_engine, tenant))[str(stuck)]
+            assert (row.attempts, row.published_at, row.parked_at) == (attempt, None, None)
+            waits = (row.next_attempt_at - row.now).total_seconds()
+            assert back_off - 5 < waits <= back_off
+            # Backing off: neither the stuck row nor the one behind it may leave yet.
+            assert await relay.run_once() == 0
+            await due_now(owner_engine, tenant, stuck)
+            assert await relay.run_once() == 2
+
+        row = (await outbox_rows(owner_engine, tenant))[str(stuck)]
+        assert row.attempts == 3
+        assert row.parked_at is not None
+        assert row.published_at is None
+        assert await relay.run_once() == 1
+        await until(lambda: queue.ids == [str(other), str(behind)])
+
+    rows = await outbox_rows(owner_engine, tenant)
+    assert rows[str(behind)].published_at is not None
+    assert published_total("returned") - returned_before == 3
+    assert published_total("parked") - parked_before == 1
+
+
+async def test_a_long_queue_in_back_off_does_not_hide_other_subjects(
+    tenant: uuid.UUID,
+    make_relay: MakeRelay,
+    owner_engine: AsyncEngine,
+    amqp: AbstractRobustConnection,
+    names: Names,
+) -> None:
+    # A batch of 2 looks first at the 10 oldest pending rows: all of them the blocked
+    # subject's, so the other subject's row must be found past them.
+    relay = make_relay(batch_size=2)
+    blocked = new_id()
+    async with owner_engine.begin() as connection:
+        for _ in range(12):
+            await insert_row(connection, tenant, ordering_key=blocked)
+        await connection.execute(
+            text(
+                "UPDATE outbox SET next_attempt_at = now() + interval '1 hour'"
+                " WHERE seq = (SELECT min(seq) FROM outbox WHERE tenant_id = :tenant)"
+            ),
+            {"tenant": tenant},
+        )
+        waiting, _ = await insert_row(connection, tenant)
+
+    async with tap(amqp, names, tenant) as queue:
+        assert await relay.run_once() == 1
+        await until(lambda: queue.ids == [str(waiting)])
+        assert await relay.run_once() == 0
+
+
+async def test_a_message_the_broker_refuses_stays_pending(
+    tenant: uuid.UUID,
+    make_relay: MakeRelay,
+    owner_engine: AsyncEngine,
+    amqp: AbstractRobustConnection,
+    names: Names,
+) -> None:
+    message_type = f"test.refused.{secrets.token_hex(4)}"
+    async with amqp.channel() as channel:
+        # A full queue that refuses more: the broker nacks what is routed to it.
+        full = await channel.declare_queue(
+            exclusive=True, arguments={"x-max-length": 0, "x-overflow": "reject-publish"}
+        )
+        await full.bind(names.events_exchange, routing_key=message_type)
+        async with owner_engine.begin() as connection:
+            refused, _ = await insert_row(connection, tenant, message_type=message_type)
+        nacked_before = published_total("nacked")
+
+        assert await make_relay().run_once() == 1
+
+    row = (await outbox_rows(owner_engine, tenant))[str(refused)]
+    assert (row.attempts, row.published_at, row.parked_at) == (1, None, None)
+    assert row.last_error.startswith("nacked")
+    assert published_total("nacked") - nacked_before == 1
+
+
+@pytest.mark.usefixtures("amqp")
+async def test_a_publish_without_an_answer_in_time_stays_pending(
+    settings: Settings, tenant: uuid.UUID, relay_engine: AsyncEngine, owner_engine: AsyncEngine
+) -> None:
+    async with owner_engine.begin() as connection:
+        late, _ = await insert_row(connection, tenant)
+    impatient = Publisher(
+        settings.amqp_url.get_secret_value(), Names(settings.amqp_prefix), timeout_seconds=1e-6
+    )
+    try:
+        assert await Relay(relay_engine, impatient).run_once() == 1
+    finally:
+        await impatient.close()
+
+    row = (await outbox_rows(owner_engine, tenant))[str(late)]
+    assert (row.attempts, row.published_at) == (1, None)
+    assert row.last_error.startswith("timeout")
+
+
+async def test_three_relays_publish_each_message_once_and_each_subject_in_order(
+    tenant: uuid.UUID,
+    uow_factory: Any,
+    transaction_event: Any,
+    make_relay: MakeRelay,
+    owner_engine: AsyncEngine,
+    amqp: AbstractRobustConnection,
+    names: Names,
+) -> None:
+    total, subjects, batch = 10_000, 50, 1_000
+    relays = [make_relay() for _ in range(3)]
+    stop = asyncio.Event()
+
+    async def keep_relaying(relay: Relay) -> None:
+        while not stop.is_set():
+            if await relay.run_once() == 0:
+                await asyncio.sleep(0.01)
+
+    async def ingest(first: int) -> None:
+        events = [
+            transaction_event(f"k-{n}", originator=f"ACC-{n % subjects:03d}")
+            for n in range(first, first + batch)
+        ]
+        results = await ingest_events(uow_factory, Caller(tenant, "test", "test"), events)
+        assert {result.outcome for result in results} == {Outcome.ACCEPTED}
+
+    async with tap(amqp, names, tenant) as queue:
+        workers = [asyncio.create_task(keep_relaying(relay)) for relay in relays]
+        try:
+            for first in range(0, total, 2 * batch):
+                await asyncio.gather(ingest(first), ingest(first + batch))
+            await until(lambda: len(queue.messages) >= total, seconds=90)
+        finally:
+            stop.set()
+            await asyncio.gather(*workers)
+        for relay in relays:
+            assert await relay.run_once() == 0
+        await asyncio.sleep(0.5)
+
+    assert len(queue.ids) == total
+    assert len(set(queue.ids)) == total
+    rows = await outbox_rows(owner_engine, tenant)
+    assert set(rows) == set(queue.ids)
+    assert all(row.published_at is not None for row in rows.values())
+
+    arrivals: dict[uuid.UUID, list[int]] = defaultdict(list)
+    for message_id in queue.ids:
+        row = rows[message_id]
+        arrivals[row.ordering_key].append(row.seq)
+    assert len(arrivals) == subjects
+    for seqs in arrivals.values():
+        assert seqs == sorted(seqs)
+
+
+@pytest.mark.parametrize(
+    ("statement", "parameters", "indexes"),
+    [
+        (
+            store.HEADS_IN_WINDOW,
+            {"window": 1000, "limit": 200},
+            {"outbox_pending", "outbox_pending_by_key"},
+        ),
+        (store.HEADS_BY_KEY, {"taken": [], "limit": 200}, {"outbox_pending_by_key"}),
+        (
+            store.FOLLOWERS,
+            {"tenant_ids": [new_id()], "keys": [new_id()], "seqs": [0], "per_key": 10},
+            {"outbox_pending_by_key"},
+        ),
+        (store.DELETE_PUBLISHED, {"age": 3600, "limit": 5000}, {"outbox_published"}),
+    ],
+    ids=["heads-in-window", "heads-by-key", "followers", "retention"],
+)
+async def test_the_relay_queries_can_use_the_partial_indexes(
+    relay_engine: AsyncEngine, statement: Any, parameters: dict[str, Any], indexes: set[str]
+) -> None:
+    # With sequential scans priced out, a plan without the index means the query's
+    # conditions no longer match the index's (partial) predicate.
+    async with relay_engine.connect() as connection:
+        await connection.execute(text("SET LOCAL enable_seqscan = off"))
+        plan = await connection.execute(text(f"EXPLAIN {statement.text}"), parameters)
+        lines = "\n".join(line for (line,) in plan)
+        await connection.rollback()
+    for index in indexes:
+        assert f" using {index} on " in lines.lower(), lines
+
+
+async def test_published_rows_past_the_retention_period_are_deleted(
+    tenant: uuid.UUID, make_relay: MakeRelay, owner_engine: AsyncEngine
+) -> None:
+    relay = make_relay(retention_hours=24)
+    async with owner_engine.begin() as connection:
+        # More than one deletion batch of old rows.
+        await connection.execute(
+            text(
+                "INSERT INTO outbox (tenant_id, message_id, ordering_key, message_type, envelope,"
+                " published_at)"
+                " SELECT :tenant, gen_random_uuid(), gen_random_uuid(), 'event.received',"
+                " '{}'::jsonb, now() - interval '25 hours' FROM generate_series(1, 5100)"
+            ),
+            {"tenant": tenant},
+        )
+        recent, _ = await insert_row(connection, tenant)
+        pending, _ = await insert_row(connection, tenant)
+        await connection.execute(
+            text(
+                "UPDATE outbox SET published_at = now() - interval '23 hours'"
+                " WHERE tenant_id = :tenant AND message_id = :id"
+            ),
+            {"tenant": tenant, "id": recent},
+        )
+        await connection.execute(
+            text(
+                "UPDATE outbox SET created_at = now() - interval '30 hours'"
+                " WHERE tenant_id = :tenant AND message_id = :id"
+            ),
+            {"tenant": tenant, "id": pending},
+        )
+
+    assert await relay.purge_published() >= 5100
+
+    rows = await outbox_rows(owner_engine, tenant)
+    assert set(rows) == {str(recent), str(pending)}
+    assert rows[str(pending)].published_at is None
+
+
+async def test_the_backlog_figures_reach_the_metrics(
+    tenant: uuid.UUID, make_relay: MakeRelay, owner_engine: AsyncEngine
+) -> None:
+    async with owner_engine.begin() as connection:
+        for _ in range(3):
+            await insert_row(connection, tenant)
+        await connection.execute(
+            text("UPDATE outbox SET created_at = now() - interval '1 hour' WHERE tenant_id = :t"),
+            {"t": tenant},
+        )
+
+    await make_relay().refresh_stats()
+
+    assert REGISTRY.get_sample_value("vigil_outbox_pending") == 3
+    assert (REGISTRY.get_sample_value("vigil_outbox_oldest_pending_seconds") or 0) >= 3600
+
+
+async def test_a_commit_wakes_the_relay_and_a_lost_listener_comes_back(
+    settings: Settings, tenant: uuid.UUID, relay_engine: AsyncEngine, owner_engine: AsyncEngine
+) -> None:
+    name = f"vigil-test-{secrets.token_hex(4)}"
+    wakeup = Wakeup(plain_url(settings.relay_database_url), application_name=name)
+    listening = asyncio.create_task(wakeup.listen())
+    try:
+        lost_pid = None
+        for _ in range(2):
+            pid = await listener_pid(relay_engine, f"{name}-listen", other_than=lost_pid)
+            await asyncio.sleep(0.1)
+            await wakeup.wait(0)
+
+            started = time.monotonic()
+            await wakeup.wait(0.3)
+            assert time.monotonic() - started >= 0.3, "woken without a commit"
+
+            async with owner_engine.begin() as connection:
+                await insert_row(connection, tenant)
+            started = time.monotonic()
+            await wakeup.wait(5)
+            assert time.monotonic() - started < 1, "a commit did not wake the relay"
+
+            async with relay_engine.connect() as connection:
+                await connection.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+            lost_pid = pid
+    finally:
+        listening.cancel()
+        await asyncio.gather(listening, return_exceptions=True)
