@@ -167,14 +167,22 @@ class Evaluation:
     band: Band
     outcomes: tuple[RuleOutcome, ...]
     alert: bool
+    alert_threshold: int = MAX_SCORE
 
     def concerned(self) -> list[Party]:
-        """The parties whose rules fired, each once, in rule order."""
-        parties: dict[Party, None] = {}
+        """The accounts an alert names: each whose own rules reach the alert threshold,
+        so that a weak signal on one side does not put that account under review; when
+        only the sum of both sides reaches it, the side with the most points."""
+        if not self.alert:
+            return []
+        points: dict[Party, int] = {}
         for outcome in self.outcomes:
             if outcome.fired:
-                parties[outcome.concerns] = None
-        return list(parties)
+                points[outcome.concerns] = points.get(outcome.concerns, 0) + outcome.points
+        named = [party for party, total in points.items() if total >= self.alert_threshold]
+        if not named and points:
+            named = [max(points, key=lambda party: points[party])]
+        return named
 
 
 # -- reading a ruleset document ---------------------------------------------------------
@@ -268,13 +276,22 @@ def _check_references(rule: Rule, path: str) -> None:
         variable, name = reference.split(".", 1)
         known = set(rule.params) if variable == "params" else CONTEXT_FIELDS[variable]
         if name not in known:
-            position = rule.condition.find(reference) + 1
-            raise InvalidRuleset(f"{path}.condition", f"unknown field {reference}", position)
+            raise InvalidRuleset(
+                f"{path}.condition", f"unknown field {reference}", _position(rule, reference)
+            )
     for placeholder in _PLACEHOLDER.findall(rule.reason):
         variable, _, name = placeholder.partition(".")
         known = set(rule.params) if variable == "params" else CONTEXT_FIELDS.get(variable, set())
         if name not in known:
             raise InvalidRuleset(f"{path}.reason", f"unknown placeholder {{{placeholder}}}")
+
+
+def _position(rule: Rule, reference: str) -> int | None:
+    """Where a reference is used, outside string literals and not as the start of a
+    longer name (``event.typ`` is not found in ``event.type``)."""
+    blanked = _STRINGS.sub(lambda match: " " * len(match.group()), rule.condition)
+    found = re.search(rf"\b{re.escape(reference)}\b", blanked)
+    return found.start() + 1 if found else None
 
 
 def _bands(raw: object) -> dict[Band, int]:
@@ -330,6 +347,7 @@ class CompiledRuleset:
             band=self.ruleset.band_for(score),
             outcomes=outcomes,
             alert=score >= self.ruleset.alert_threshold,
+            alert_threshold=self.ruleset.alert_threshold,
         )
 
 
