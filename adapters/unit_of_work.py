@@ -31,6 +31,25 @@ from domain.ports import KnownEvent, NewEvent
 
 _SET_TENANT = text("SELECT set_config('vigil.tenant_id', :tenant, true)")
 
+# Statements are built once and executed with a list of rows: SQLAlchemy then caches
+# their compiled form and sends the rows in multi-row batches, where a statement built
+# with .values(rows) would be compiled anew for every batch.
+_INSERT_EVENTS = (
+    insert(tables.events)
+    .on_conflict_do_nothing(index_elements=["tenant_id", "idempotency_key"])
+    .returning(tables.events.c.idempotency_key)
+)
+_SUBJECT_ROWS = insert(tables.subjects)
+# DO UPDATE (not DO NOTHING) so that the row stays locked until commit: writers of one
+# subject are serialised, which keeps its outbox messages in commit order.
+_UPSERT_SUBJECTS = _SUBJECT_ROWS.on_conflict_do_update(
+    index_elements=["tenant_id", "kind", "external_ref"],
+    set_={
+        "attributes": tables.subjects.c.attributes.op("||")(_SUBJECT_ROWS.excluded.attributes),
+        "updated_at": _SUBJECT_ROWS.excluded.updated_at,
+    },
+).returning(tables.subjects.c.subject_id, tables.subjects.c.kind, tables.subjects.c.external_ref)
+
 
 class SqlEventStore:
     def __init__(self, connection: AsyncConnection, tenant_id: uuid.UUID) -> None:
@@ -77,14 +96,8 @@ class SqlEventStore:
             }
             for event in events
         ]
-        statement = (
-            insert(tables.events)
-            .values(rows)
-            .on_conflict_do_nothing(index_elements=["tenant_id", "idempotency_key"])
-            .returning(tables.events.c.idempotency_key)
-        )
         with translate_errors():
-            result = await self._connection.execute(statement)
+            result = await self._connection.execute(_INSERT_EVENTS, rows)
         return {row.idempotency_key for row in result}
 
 
@@ -109,21 +122,9 @@ class SqlSubjectStore:
             }
             for fact in facts
         ]
-        values = insert(tables.subjects).values(rows)
-        # DO UPDATE (not DO NOTHING) so that the row stays locked until commit: writers of
-        # one subject are serialised, which keeps its outbox messages in commit order.
-        statement = values.on_conflict_do_update(
-            index_elements=["tenant_id", "kind", "external_ref"],
-            set_={
-                "attributes": tables.subjects.c.attributes.op("||")(values.excluded.attributes),
-                "updated_at": values.excluded.updated_at,
-            },
-        ).returning(
-            tables.subjects.c.subject_id, tables.subjects.c.kind, tables.subjects.c.external_ref
-        )
         try:
             with translate_errors():
-                result = await self._connection.execute(statement)
+                result = await self._connection.execute(_UPSERT_SUBJECTS, rows)
         except IntegrityError as error:
             if sqlstate(error) == "23503":
                 raise UnknownTenant("no such tenant") from error
@@ -220,7 +221,7 @@ class SqlUnitOfWork:
             }
             for message in self._messages
         ]
-        await self.connection.execute(insert(tables.outbox).values(rows))
+        await self.connection.execute(insert(tables.outbox), rows)
 
     async def _write_audit(self) -> None:
         if not self._entries:
@@ -243,25 +244,24 @@ class SqlUnitOfWork:
             recorded_at=datetime.now(UTC),
         )
         await self.connection.execute(
-            insert(tables.audit_records).values(
-                [
-                    {
-                        "tenant_id": record.tenant_id,
-                        "seq": record.seq,
-                        "record_id": record.entry.record_id,
-                        "recorded_at": record.recorded_at,
-                        "actor": record.entry.actor,
-                        "action": record.entry.action,
-                        "entity_type": record.entry.entity_type,
-                        "entity_id": record.entry.entity_id,
-                        "correlation_id": record.entry.correlation_id,
-                        "details": dict(record.entry.details),
-                        "prev_hash": record.prev_hash,
-                        "hash": record.hash,
-                    }
-                    for record in records
-                ]
-            )
+            insert(tables.audit_records),
+            [
+                {
+                    "tenant_id": record.tenant_id,
+                    "seq": record.seq,
+                    "record_id": record.entry.record_id,
+                    "recorded_at": record.recorded_at,
+                    "actor": record.entry.actor,
+                    "action": record.entry.action,
+                    "entity_type": record.entry.entity_type,
+                    "entity_id": record.entry.entity_id,
+                    "correlation_id": record.entry.correlation_id,
+                    "details": dict(record.entry.details),
+                    "prev_hash": record.prev_hash,
+                    "hash": record.hash,
+                }
+                for record in records
+            ],
         )
         await self.connection.execute(
             update(heads)

@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 
 PG_HOST=${PGHOST:-127.0.0.1}
 ADMIN_URL=${VIGIL_ADMIN_DATABASE_URL:-postgresql://postgres@127.0.0.1:5432/postgres}
-DATABASES=${VIGIL_DATABASES:-vigil vigil_test}
+DATABASES=${VIGIL_DATABASES:-vigil vigil_test vigil_bench}
 
 open() { (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null; }
 

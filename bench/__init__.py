@@ -1,0 +1,1 @@
+"""Benchmarks: each measured beside a raw baseline run in the same script."""

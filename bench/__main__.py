@@ -1,0 +1,100 @@
+"""``make bench``: Vigil beside raw baselines, run in the same script on the same machine.
+
+It uses a database of its own (``vigil_bench``) and a broker prefix of its own, so it
+neither reads nor disturbs a running Vigil. Results are ratios: ours / raw.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import sys
+import uuid
+
+os.environ.setdefault("VIGIL_BENCH_DATABASE", "vigil_bench")
+_DB = os.environ["VIGIL_BENCH_DATABASE"]
+os.environ["VIGIL_DATABASE_URL"] = f"postgresql://vigil_app@127.0.0.1:5432/{_DB}"
+os.environ["VIGIL_RELAY_DATABASE_URL"] = f"postgresql://vigil_relay@127.0.0.1:5432/{_DB}"
+os.environ["VIGIL_OWNER_DATABASE_URL"] = f"postgresql://vigil_owner@127.0.0.1:5432/{_DB}"
+os.environ["VIGIL_AMQP_PREFIX"] = "vigilbench"
+os.environ.setdefault("VIGIL_LOG_LEVEL", "WARNING")
+
+from pathlib import Path  # noqa: E402
+
+from adapters.broker import Names, declare_topology, delete_topology  # noqa: E402
+from adapters.database import make_engine  # noqa: E402
+from adapters.settings import get_settings  # noqa: E402
+from adapters.tenants import create_tenant  # noqa: E402
+from bench import ingest, relay  # noqa: E402
+from vigil.processes import Processes, child_environment, wait_until_ready  # noqa: E402
+
+HEADER = ["what", "Vigil", "raw baseline", "ratio"]
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _print(rows: list[list[str]]) -> None:
+    table = [HEADER, *rows]
+    widths = [max(len(row[i]) for row in table) for i in range(len(HEADER))]
+    for index, row in enumerate(table):
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)))
+        if index == 0:
+            print("  ".join("-" * width for width in widths))
+
+
+async def _setup() -> uuid.UUID:
+    import aio_pika
+
+    settings = get_settings()
+    owner = make_engine(settings.owner_database_url, pool_size=1)
+    try:
+        tenant_id = await create_tenant(owner, f"bench-{uuid.uuid4().hex[:8]}", "Benchmark bank")
+    finally:
+        await owner.dispose()
+    connection = await aio_pika.connect_robust(settings.amqp_url.get_secret_value())
+    async with connection, connection.channel() as channel:
+        await declare_topology(channel, Names(settings.amqp_prefix))
+    return tenant_id
+
+
+async def _teardown() -> None:
+    import aio_pika
+
+    settings = get_settings()
+    connection = await aio_pika.connect_robust(settings.amqp_url.get_secret_value())
+    async with connection, connection.channel() as channel:
+        await delete_topology(channel, Names(settings.amqp_prefix))
+
+
+def main() -> int:
+    from vigil.cli import main as vigil
+
+    vigil(["migrate"])
+    settings = get_settings()
+    tenant_id = asyncio.run(_setup())
+    port = _free_port()
+    processes = Processes(
+        child_environment(VIGIL_PORTAL_PORT=str(port), VIGIL_ENVIRONMENT="test"),
+        Path(".cache/bench-logs"),
+    )
+    rows: list[list[str]] = []
+    try:
+        processes.start("portal")
+        wait_until_ready(f"http://127.0.0.1:{port}/health/ready")
+        rows += asyncio.run(ingest.compare(settings, tenant_id, f"http://127.0.0.1:{port}"))
+        processes.stop()
+        rows += asyncio.run(relay.compare(settings, tenant_id))
+    finally:
+        processes.stop()
+        asyncio.run(_teardown())
+    _print(rows)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
