@@ -15,11 +15,19 @@ from types import FrameType
 from typing import NoReturn
 
 import uvicorn
+from graphql import ASTValidationRule
 from litestar import Controller, Litestar
 from litestar.exceptions import LitestarDeprecationWarning
 from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
-from strawberry.extensions import DisableIntrospection, MaxAliasesLimiter, QueryDepthLimiter
+from strawberry.extensions import (
+    AddValidationRules,
+    DisableIntrospection,
+    ParserCache,
+    ValidationCache,
+)
 from strawberry.extensions.base_extension import SchemaExtension
+from strawberry.extensions.max_aliases import create_validator as alias_limit
+from strawberry.extensions.query_depth_limiter import create_validator as depth_limit
 from strawberry.litestar import make_graphql_controller
 
 from adapters.settings import Settings, get_settings
@@ -36,6 +44,12 @@ log = logging.getLogger(__name__)
 GRAPHQL_PATH = "/graphql"
 MAX_QUERY_DEPTH = 10
 MAX_ALIASES = 20
+# The limits' rules are made once: rules made per request would never hit the
+# validation cache, whose key includes them.
+LIMIT_RULES: list[type[ASTValidationRule]] = [
+    depth_limit(MAX_QUERY_DEPTH, None),
+    alias_limit(MAX_ALIASES),
+]
 SHUTDOWN_GRACE_SECONDS = 15
 MIN_SECRET_BYTES = 32
 
@@ -57,10 +71,15 @@ def check_settings(settings: Settings) -> None:
 
 def build_schema(settings: Settings) -> Schema:
     extensions: list[Callable[[], SchemaExtension]] = [
-        RequireAuthentication,
         ErrorPolicy,
-        partial(QueryDepthLimiter, max_depth=MAX_QUERY_DEPTH),
-        partial(MaxAliasesLimiter, max_alias_count=MAX_ALIASES),
+        partial(AddValidationRules, LIMIT_RULES),
+        # Integrations send the same few documents again and again: parse and validate
+        # each once. The caches are bounded, so odd documents cannot grow them.
+        partial(ParserCache, maxsize=256),
+        partial(ValidationCache, maxsize=256),
+        # Last, so that its refusal replaces whatever the validation cache found: a
+        # stranger never sees a validation message that would describe the schema.
+        RequireAuthentication,
     ]
     if settings.production:
         extensions.append(DisableIntrospection)
