@@ -6,6 +6,11 @@
     {prefix}.inbound.dead    what could never be valid, with the reason in a header
     {prefix}.dispatch        quorum queue of ``event.received`` for the scoring dispatcher
     {prefix}.dispatch.dead   dispatch messages that failed too often
+    {prefix}.feed            Vigil's own results (risk.assessed, case.*) for integrations;
+                             a bounded buffer: the database stays the record
+
+Every type the relay publishes has a durable queue bound to it, so a message is
+never returned as unroutable merely because no portal replica happens to be running.
 
 Declarations are idempotent, so every process declares the whole topology on start and
 none depends on another having run first.
@@ -22,6 +27,9 @@ from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractRobustConnec
 from domain.messages import EVENT_RECEIVED
 
 DELIVERY_LIMIT = 10
+FEED_BINDINGS = ("risk.assessed", "case.#")
+FEED_TTL_MS = 7 * 24 * 3600 * 1000
+FEED_MAX_LENGTH = 1_000_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +59,10 @@ class Names:
     @property
     def dispatch_dead(self) -> str:
         return f"{self.prefix}.dispatch.dead"
+
+    @property
+    def feed(self) -> str:
+        return f"{self.prefix}.feed"
 
 
 def _work_queue_arguments(names: Names, dead_key: str) -> dict[str, Any]:
@@ -88,12 +100,30 @@ async def declare_topology(channel: AbstractChannel, names: Names) -> AbstractEx
         names.dispatch, durable=True, arguments=_work_queue_arguments(names, "dispatch")
     )
     await dispatch.bind(events, routing_key=EVENT_RECEIVED)
+
+    feed = await channel.declare_queue(
+        names.feed,
+        durable=True,
+        arguments={
+            "x-queue-type": "quorum",
+            "x-message-ttl": FEED_TTL_MS,
+            "x-max-length": FEED_MAX_LENGTH,
+        },
+    )
+    for pattern in FEED_BINDINGS:
+        await feed.bind(events, routing_key=pattern)
     return events
 
 
 async def delete_topology(channel: AbstractChannel, names: Names) -> None:
     """Remove everything :func:`declare_topology` made (used by tests)."""
-    for queue in (names.inbound, names.inbound_dead, names.dispatch, names.dispatch_dead):
+    for queue in (
+        names.inbound,
+        names.inbound_dead,
+        names.dispatch,
+        names.dispatch_dead,
+        names.feed,
+    ):
         await channel.queue_delete(queue)
     for exchange in (names.events_exchange, names.dead_exchange):
         await channel.exchange_delete(exchange)
