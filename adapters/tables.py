@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     Column,
     DateTime,
     Integer,
@@ -14,7 +15,7 @@ from sqlalchemy import (
     Table,
     Text,
 )
-from sqlalchemy.dialects.postgresql import JSONB, UUID
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB, UUID
 
 metadata = MetaData()
 
@@ -117,4 +118,75 @@ audit_heads = Table(
     _tenant(),
     Column("last_seq", BigInteger, nullable=False),
     Column("last_hash", LargeBinary, nullable=False),
+)
+
+rulesets = Table(
+    "rulesets",
+    metadata,
+    _tenant(),
+    Column("version", Integer, primary_key=True),
+    Column("document", JSONB, nullable=False),
+    Column("document_hash", LargeBinary, nullable=False),
+    Column("status", Text, nullable=False),
+    _time("created_at"),
+    Column("created_by", Text, nullable=False),
+    _time("activated_at"),
+    Column("activated_by", Text),
+)
+
+assessments = Table(
+    "assessments",
+    metadata,
+    _tenant(),
+    Column("assessment_id", UUID(as_uuid=True), primary_key=True),
+    Column("event_id", UUID(as_uuid=True), nullable=False),
+    Column("ruleset_version", Integer, nullable=False),
+    Column("scorer", Text, nullable=False),
+    Column("score", Integer, nullable=False),
+    Column("band", Text, nullable=False),
+    Column("alert", Boolean, nullable=False),
+    Column("explanation", JSONB, nullable=False),
+    Column("context", JSONB, nullable=False),
+    _time("scored_at", nullable=False),
+)
+
+cases = Table(
+    "cases",
+    metadata,
+    _tenant(),
+    Column("case_id", UUID(as_uuid=True), primary_key=True),
+    Column("subject_id", UUID(as_uuid=True), nullable=False),
+    Column("status", Text, nullable=False),
+    Column("band", Text, nullable=False),
+    Column("priority", Integer, nullable=False),
+    _time("opened_at", nullable=False),
+    _time("updated_at", nullable=False),
+    _time("sla_due_at", nullable=False),
+    Column("alert_count", Integer, nullable=False),
+    Column("version", Integer, nullable=False),
+)
+
+alerts = Table(
+    "alerts",
+    metadata,
+    _tenant(),
+    Column("alert_id", UUID(as_uuid=True), primary_key=True),
+    Column("assessment_id", UUID(as_uuid=True), nullable=False),
+    Column("event_id", UUID(as_uuid=True), nullable=False),
+    Column("subject_id", UUID(as_uuid=True), nullable=False),
+    Column("case_id", UUID(as_uuid=True), nullable=False),
+    Column("score", Integer, nullable=False),
+    Column("band", Text, nullable=False),
+    Column("typologies", ARRAY(Text), nullable=False),
+    _time("created_at", nullable=False),
+)
+
+scoring_failures = Table(
+    "scoring_failures",
+    metadata,
+    _tenant(),
+    Column("event_id", UUID(as_uuid=True), primary_key=True),
+    Column("attempts", Integer, nullable=False),
+    Column("reason", Text, nullable=False),
+    _time("failed_at"),
 )

@@ -22,6 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from adapters import tables
 from adapters.database import sqlstate, translate_errors
+from adapters.scoring_store import SqlScoringStore
 from domain.audit import AuditEntry, seal
 from domain.errors import UnknownTenant
 from domain.events import SubjectFacts, SubjectKind, SubjectRef
@@ -178,6 +179,7 @@ class SqlUnitOfWork:
         self.events = SqlEventStore(self._connection, self.tenant_id)
         self.subjects = SqlSubjectStore(self._connection, self.tenant_id)
         self.inbox = SqlInbox(self._connection, self.tenant_id)
+        self.scoring = SqlScoringStore(self._connection, self.tenant_id)
         return self
 
     async def __aexit__(

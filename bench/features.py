@@ -9,8 +9,9 @@ currency; here one transfer in ten is scaled up tenfold and one in fifty a hundr
 and one in thirty is in USD, so that sums, the near-threshold band and the currency
 filter see some spread.
 
-Rows are written with COPY as the owner role into a tenant of the ``vigil`` database
-(``VIGIL_*_DATABASE_URL`` point elsewhere) and deleted again at the end. Features are
+Rows are written with COPY as the owner role into a tenant of its own, in the database
+that the settings name (``vigil`` by default; ``make bench`` passes its own), and deleted
+again at the end. Features are
 read as the scoring worker reads them: through the scoring store, as the application
 role, under row-level security. Three samples of events are timed:
 
@@ -20,6 +21,7 @@ role, under row-level security. Three samples of events are timed:
 - ``frontier@1M``: the newest events at 1,000,000 rows.
 
 Run alone with ``python -m bench.features``; ``--keep`` leaves the rows in place.
+:func:`compare` gives the rows of ``make bench``'s table.
 """
 
 from __future__ import annotations
@@ -41,9 +43,10 @@ from typing import Any
 
 import asyncpg
 from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from adapters.database import make_engine, plain_url
-from adapters.settings import get_settings
+from adapters.settings import Settings, get_settings
 from adapters.tenants import create_tenant, find_tenant
 from adapters.unit_of_work import SqlUnitOfWork
 from domain.ids import new_id
@@ -90,7 +93,8 @@ WHERE tenant_id = $1 AND subject_id = $2 AND occurred_at > $3 AND occurred_at <=
 # plan is made once; a custom plan is made again for every execution.
 _PLANS = """
 SELECT coalesce(sum(generic_plans), 0) AS generic, coalesce(sum(custom_plans), 0) AS custom
-FROM pg_prepared_statements WHERE statement LIKE '%AS out_window%'
+FROM pg_prepared_statements
+WHERE statement LIKE '%AS out_window%' AND statement NOT LIKE '%pg_prepared_statements%'
 """
 
 
@@ -243,7 +247,11 @@ async def load_events(
 
 
 async def time_features(
-    engine: Any, app: asyncpg.Connection, tenant_id: uuid.UUID, sample: list[Transfer], label: str
+    engine: AsyncEngine,
+    app: asyncpg.Connection,
+    tenant_id: uuid.UUID,
+    sample: list[Transfer],
+    label: str,
 ) -> tuple[Timing, list[tuple[Features, Features]]]:
     """Each event's features through the store, then the baseline lookup, one event at a
     time, so that both see the same moments of a busy machine."""
@@ -288,11 +296,10 @@ def frontier(log: list[Transfer], count: int, seed: int) -> list[Transfer]:
     return random.Random(seed).sample(newest, count)
 
 
-async def bench_features(
-    sizes: Sequence[int] = SIZES, sample: int = SAMPLE, *, keep: bool = False
-) -> list[tuple[str, float]]:
-    """Fill, measure, print a table, and return the figures as (name, value) pairs."""
-    settings = get_settings()
+async def run(
+    settings: Settings, sizes: Sequence[int] = SIZES, sample: int = SAMPLE, *, keep: bool = False
+) -> list[Timing]:
+    """Fill the table size by size, and time the samples at each size."""
     owner_engine = make_engine(settings.owner_database_url, pool_size=1)
     engine = make_engine(settings.database_url, pool_size=2, application_name="vigil-bench")
     owner = await asyncpg.connect(plain_url(settings.owner_database_url))
@@ -339,7 +346,51 @@ async def bench_features(
         await app.close()
         await engine.dispose()
         await owner_engine.dispose()
-    return report(timings)
+    return timings
+
+
+async def bench_features(*, keep: bool = False) -> list[tuple[str, float]]:
+    """Run, print the table, and return the figures as (name, value) pairs."""
+    return report(await run(get_settings(), keep=keep))
+
+
+async def compare(settings: Settings) -> list[list[str]]:
+    """Rows for ``make bench``'s table: what, Vigil, raw baseline, ratio."""
+    timings = await run(settings)
+    report(timings)
+    rows = []
+    for timing in timings:
+        ours, baseline = (
+            statistics.median(timing.features_ms),
+            statistics.median(timing.baseline_ms),
+        )
+        rows.append(
+            [
+                f"history features per event, {timing.label}",
+                f"{ours:.3f} ms p50",
+                f"{baseline:.3f} ms p50",
+                f"{ours / baseline:.2f}",
+            ]
+        )
+    growth, baseline_growth = _growth(timings)
+    rows.append(
+        [
+            f"features p50, {timings[-1].label} / {timings[0].label}",
+            f"{growth:.2f}",
+            f"{baseline_growth:.2f}",
+            f"{growth / baseline_growth:.2f}",
+        ]
+    )
+    return rows
+
+
+def _growth(timings: list[Timing]) -> tuple[float, float]:
+    """How the p50 of the newest events moved from the smallest table to the largest."""
+    first, last = timings[0], timings[-1]
+    return (
+        statistics.median(last.features_ms) / statistics.median(first.features_ms),
+        statistics.median(last.baseline_ms) / statistics.median(first.baseline_ms),
+    )
 
 
 def _size_label(size: int) -> str:
@@ -366,11 +417,9 @@ def report(timings: list[Timing]) -> list[tuple[str, float]]:
             (f"features {timing.label} mean ms", fmean),
             (f"baseline {timing.label} p50 ms", b50),
         ]
-    first, last = timings[0], timings[-1]
-    growth = statistics.median(last.features_ms) / statistics.median(first.features_ms)
-    baseline_growth = statistics.median(last.baseline_ms) / statistics.median(first.baseline_ms)
+    growth, baseline_growth = _growth(timings)
     print(
-        f"p50 ratio {last.label} / {first.label}:"
+        f"p50 ratio {timings[-1].label} / {timings[0].label}:"
         f" features {growth:.2f}, baseline {baseline_growth:.2f}"
     )
     print("rows: transfers in the 30-day windows of both accounts, per event")
