@@ -24,6 +24,7 @@ from adapters import tables
 from adapters.database import translate_errors
 from adapters.features import history_features
 from domain.cases import Case, CaseStatus
+from domain.errors import TransientFailure
 from domain.reference import CURRENCY_MINOR_UNITS
 from domain.rules import Band, Evaluation, RuleOutcome, Ruleset
 from domain.scoring import AlertRecord, AssessmentRecord, Features, StoredEvent, StoredRuleset
@@ -141,7 +142,12 @@ class SqlScoringStore:
             status="validated",
             created_by=actor,
         )
-        await self._execute(statement)
+        inserted = await self._first(
+            statement.on_conflict_do_nothing().returning(_rulesets.c.version)
+        )
+        if inserted is None:
+            # Two installs computed the same next version: the service starts again.
+            raise TransientFailure(f"ruleset version {ruleset.version} was taken concurrently")
 
     async def activate(self, version: int, actor: str) -> None:
         # Lock the tenant's versions first: a concurrent activation waits here and then

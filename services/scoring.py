@@ -30,6 +30,7 @@ from domain.scoring import (
     StoredRuleset,
     build_context,
 )
+from services.retry import with_retries
 
 log = logging.getLogger(__name__)
 
@@ -283,6 +284,20 @@ async def install_ruleset(
     """Validate a ruleset document and store it as the tenant's next version; with
     ``activate``, make it the one active version. A document that does not validate is
     refused (``InvalidRuleset``) and never stored."""
+    return await with_retries(
+        lambda: _install(uow_factory, scorers, tenant_id, document, actor, activate),
+        name="install_ruleset",
+    )
+
+
+async def _install(
+    uow_factory: UnitOfWorkFactory,
+    scorers: ScorerProvider,
+    tenant_id: uuid.UUID,
+    document: dict[str, Any],
+    actor: str,
+    activate: bool,
+) -> int:
     async with uow_factory(tenant_id) as uow:
         version = await uow.scoring.latest_version() + 1
         stored = StoredRuleset(version, document, digest(document))

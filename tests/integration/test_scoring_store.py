@@ -3,6 +3,7 @@ assessments, one open case per subject, failures, and tenant isolation."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -14,14 +15,17 @@ from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from adapters.cel_rules import CachedScorers
 from adapters.database import sqlstate
 from adapters.tenants import create_tenant
 from domain.canonical import digest
 from domain.cases import CaseStatus, join_alert, open_case
+from domain.default_ruleset import DEFAULT_RULESET
 from domain.ids import new_id
 from domain.rules import Band, Evaluation, Party, RuleOutcome
 from domain.scoring import AlertRecord, AssessmentRecord, StoredRuleset
 from services.ingest import Caller, ingest_events
+from services.scoring import install_ruleset
 
 NOW = datetime(2026, 3, 2, 8, 0, tzinfo=UTC)
 
@@ -349,3 +353,26 @@ async def test_another_tenant_sees_none_of_it(
         assert await uow.scoring.open_case(subject_id) == case
         remaining = await uow.connection.execute(text("SELECT count(*) FROM scoring_failures"))
         assert remaining.scalar() == 1
+
+
+async def test_concurrent_installs_take_distinct_versions(
+    uow_factory: Any, owner_engine: AsyncEngine, tenant: uuid.UUID
+) -> None:
+    scorers = CachedScorers()
+
+    versions = await asyncio.gather(
+        *(
+            install_ruleset(uow_factory, scorers, tenant, DEFAULT_RULESET, "ops", activate=True)
+            for _ in range(5)
+        )
+    )
+
+    assert sorted(versions) == [1, 2, 3, 4, 5]
+    async with owner_engine.connect() as connection:
+        active = (
+            await connection.execute(
+                text("SELECT count(*) FROM rulesets WHERE tenant_id = :t AND status = 'active'"),
+                {"t": tenant},
+            )
+        ).scalar_one()
+    assert active == 1
