@@ -22,7 +22,8 @@ services:
 migrate: install services
 	$(BIN)/vigil migrate
 
-test: install services
+test: install
+	VIGIL_RESET_DATABASES=vigil_test ./scripts/ensure-services.sh
 	$(BIN)/pytest --cov --cov-report=term:skip-covered $(PYTEST_ARGS)
 
 test-unit: install

@@ -8,6 +8,9 @@ cd "$(dirname "$0")/.."
 PG_HOST=${PGHOST:-127.0.0.1}
 ADMIN_URL=${VIGIL_ADMIN_DATABASE_URL:-postgresql://postgres@127.0.0.1:5432/postgres}
 DATABASES=${VIGIL_DATABASES:-vigil vigil_test vigil_bench}
+# Databases dropped and made anew, so that a test run starts from an empty schema
+# whatever an earlier run of another revision left there.
+RESET=${VIGIL_RESET_DATABASES:-}
 
 open() { (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null; }
 
@@ -71,6 +74,9 @@ for _ in $(seq 1 60); do
 done
 
 if command -v psql >/dev/null 2>&1; then
+  for db in $RESET; do
+    psql "$ADMIN_URL" -q -v ON_ERROR_STOP=1 -c "DROP DATABASE IF EXISTS \"$db\" WITH (FORCE)" >/dev/null
+  done
   for db in $DATABASES; do
     psql "$ADMIN_URL" -q -v ON_ERROR_STOP=1 -v db="$db" -f migrations/bootstrap.sql >/dev/null
   done
