@@ -5,6 +5,9 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
+# The database the tests own; it is dropped and made anew at the start of `make test`.
+TEST_DB ?= vigil_test
+export VIGIL_TEST_DATABASE := $(TEST_DB)
 
 .PHONY: install services migrate test test-unit test-integration test-e2e lint format bench demo clean
 
@@ -23,7 +26,8 @@ migrate: install services
 	$(BIN)/vigil migrate
 
 test: install
-	VIGIL_RESET_DATABASES=vigil_test ./scripts/ensure-services.sh
+	VIGIL_RESET_DATABASES=$(TEST_DB) VIGIL_DATABASES="vigil $(TEST_DB) vigil_bench" \
+		./scripts/ensure-services.sh
 	$(BIN)/pytest --cov --cov-report=term:skip-covered $(PYTEST_ARGS)
 
 test-unit: install
