@@ -22,7 +22,7 @@ from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
 from strawberry.extensions import (
     AddValidationRules,
     DisableIntrospection,
-    ParserCache,
+    MaxTokensLimiter,
     ValidationCache,
 )
 from strawberry.extensions.base_extension import SchemaExtension
@@ -44,6 +44,9 @@ log = logging.getLogger(__name__)
 GRAPHQL_PATH = "/graphql"
 MAX_QUERY_DEPTH = 10
 MAX_ALIASES = 20
+# A document is lexed only up to this many tokens, so a huge one costs little; our own
+# mutation with a batch in variables takes well under a hundred.
+MAX_TOKENS = 2000
 # The limits' rules are made once: rules made per request would never hit the
 # validation cache, whose key includes them.
 LIMIT_RULES: list[type[ASTValidationRule]] = [
@@ -72,10 +75,12 @@ def check_settings(settings: Settings) -> None:
 def build_schema(settings: Settings) -> Schema:
     extensions: list[Callable[[], SchemaExtension]] = [
         ErrorPolicy,
+        partial(MaxTokensLimiter, max_token_count=MAX_TOKENS),
         partial(AddValidationRules, LIMIT_RULES),
-        # Integrations send the same few documents again and again: parse and validate
-        # each once. The caches are bounded, so odd documents cannot grow them.
-        partial(ParserCache, maxsize=256),
+        # Integrations send the same few documents again and again: validate each once.
+        # The cache is bounded, so odd documents cannot grow it. (strawberry's parser
+        # cache is left out: a syntax error raised inside it skips the other extensions'
+        # exits, and with them the error policy that gives every error its code.)
         partial(ValidationCache, maxsize=256),
         # Last, so that its refusal replaces whatever the validation cache found: a
         # stranger never sees a validation message that would describe the schema.
