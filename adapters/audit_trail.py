@@ -10,6 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from adapters import tables
 from domain.audit import AuditEntry, AuditRecord, verify_chain
+from domain.errors import AuditChainBroken
 
 _PAGE = 5000
 
@@ -50,6 +51,18 @@ async def records(connection: AsyncConnection, tenant_id: uuid.UUID) -> AsyncIte
 
 
 async def verify(connection: AsyncConnection, tenant_id: uuid.UUID) -> int:
-    """Verify the whole chain; return the number of records, or raise AuditChainBroken."""
+    """Verify the whole chain and that it ends where the tenant's head says; return the
+    number of records, or raise AuditChainBroken. (A chain cut short at its end would
+    otherwise verify: the head is the witness of how long it was.)"""
     collected = [record async for record in records(connection, tenant_id)]
-    return verify_chain(collected)
+    count = verify_chain(collected)
+    heads = tables.audit_heads
+    head = (
+        await connection.execute(
+            select(heads.c.last_seq, heads.c.last_hash).where(heads.c.tenant_id == tenant_id)
+        )
+    ).first()
+    last_seq, last_hash = (collected[-1].seq, collected[-1].hash) if collected else (0, b"")
+    if head is None or (head.last_seq, bytes(head.last_hash)) != (last_seq, last_hash):
+        raise AuditChainBroken(last_seq + 1, "the chain does not end where its head says")
+    return count

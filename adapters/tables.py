@@ -45,6 +45,7 @@ subjects = Table(
     Column("kind", Text, nullable=False),
     Column("external_ref", Text, nullable=False),
     Column("attributes", JSONB, nullable=False),
+    _time("attributes_at"),
     _time("created_at"),
     _time("updated_at"),
 )

@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any, Self
 
-from sqlalchemy import select, text, update
+from sqlalchemy import case, func, select, text, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -43,10 +43,19 @@ _INSERT_EVENTS = (
 _SUBJECT_ROWS = insert(tables.subjects)
 # DO UPDATE (not DO NOTHING) so that the row stays locked until commit: writers of one
 # subject are serialised, which keeps its outbox messages in commit order.
+_NEWER = _SUBJECT_ROWS.excluded.attributes_at >= tables.subjects.c.attributes_at
 _UPSERT_SUBJECTS = _SUBJECT_ROWS.on_conflict_do_update(
     index_elements=["tenant_id", "kind", "external_ref"],
     set_={
-        "attributes": tables.subjects.c.attributes.op("||")(_SUBJECT_ROWS.excluded.attributes),
+        # What the newer of the two says wins; the older only fills gaps. A late or
+        # replayed event cannot clear, say, a sanctions hit reported after it.
+        "attributes": case(
+            (_NEWER, tables.subjects.c.attributes.op("||")(_SUBJECT_ROWS.excluded.attributes)),
+            else_=_SUBJECT_ROWS.excluded.attributes.op("||")(tables.subjects.c.attributes),
+        ),
+        "attributes_at": func.greatest(
+            tables.subjects.c.attributes_at, _SUBJECT_ROWS.excluded.attributes_at
+        ),
         "updated_at": _SUBJECT_ROWS.excluded.updated_at,
     },
 ).returning(tables.subjects.c.subject_id, tables.subjects.c.kind, tables.subjects.c.external_ref)
@@ -118,6 +127,7 @@ class SqlSubjectStore:
                 "kind": fact.subject.kind.value,
                 "external_ref": fact.subject.ref,
                 "attributes": dict(fact.attributes),
+                "attributes_at": fact.as_of or now,
                 "created_at": now,
                 "updated_at": now,
             }

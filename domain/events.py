@@ -3,16 +3,20 @@
 Both doors in (the GraphQL mutation and the inbound queue) hand the same plain mapping
 to :func:`parse_event`, so a bad event is refused with the same code and field path
 whichever way it came. Validation is strict: unknown fields are refused, amounts are
-decimal strings within the currency's minor units, and times carry their offset.
+decimal strings within the currency's minor units, and times are RFC 3339 date-times
+with their offset. An event is at most :data:`MAX_EVENT_DEPTH` levels deep, checked
+without recursion before anything else walks it, so that a deeply nested event is
+refused on its own rather than failing its whole batch.
 """
 
 from __future__ import annotations
 
 import json
 import re
+import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from enum import StrEnum
 from typing import Any
@@ -25,12 +29,27 @@ MAX_EVENT_BYTES = 16 * 1024
 MAX_KEY_LENGTH = 200
 MAX_REFERENCE_LENGTH = 140
 MAX_AMOUNT_DIGITS = 18
+# The event is level 1 and its data level 2; our deepest shape (a party's account) is
+# level 3, so 8 leaves room for new shapes without letting nesting cost anything.
+MAX_EVENT_DEPTH = 8
 FUTURE_TOLERANCE = timedelta(hours=24)
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
-_KEY = re.compile(r"^[\x21-\x7e]{1,200}$")
-_ACCOUNT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,63}$")
-_AMOUNT = re.compile(r"^[0-9]{1,18}(\.[0-9]{1,4})?$")
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# Patterns are used with fullmatch only: "$" alone also matches before a final newline.
+_KEY = re.compile(r"[\x21-\x7e]{1,200}")
+_ACCOUNT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/-]{0,63}")
+_AMOUNT = re.compile(r"[0-9]{1,18}(\.[0-9]{1,4})?")
+# C0 and C1 controls and DEL.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+# Format characters (bidirectional overrides, zero-width spaces, the byte-order mark)
+# and the line and paragraph separators: invisible, or reordering what a reader sees.
+_HIDDEN_CATEGORIES = frozenset({"Cf", "Zl", "Zp"})
+# RFC 3339 date-time; the offset is optional here only so that a missing one can be
+# named as such.
+_RFC3339 = re.compile(
+    r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,6})?"
+    r"(?P<offset>Z|[+-][0-9]{2}:[0-9]{2})?"
+)
 
 
 class EventType(StrEnum):
@@ -62,10 +81,12 @@ class SubjectRef:
 
 @dataclass(frozen=True, slots=True)
 class SubjectFacts:
-    """What an event says about one subject; merged into the subject's attributes."""
+    """What an event says about one subject, and as of when; merged into the subject's
+    attributes so that an older event fills gaps but never overwrites a newer one."""
 
     subject: SubjectRef
     attributes: Mapping[str, Any] = field(default_factory=dict)
+    as_of: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,11 +116,12 @@ def mask(reference: str) -> str:
 def parse_event(raw: object, *, now: datetime) -> EventDraft:
     """Validate one event as sent by an integration; raise :class:`InvalidEvent`."""
     event = _mapping(raw, "")
+    _check_depth(event)
     _check_size(event)
     _only(event, "", {"idempotencyKey", "type", "occurredAt", "data"})
 
     key = _string(event, "idempotencyKey", "idempotencyKey", MAX_KEY_LENGTH)
-    if not _KEY.match(key):
+    if not _KEY.fullmatch(key):
         raise InvalidEvent("INVALID_FORMAT", "idempotencyKey", "use printable ASCII without spaces")
     type_name = _string(event, "type", "type", 40)
     try:
@@ -161,8 +183,8 @@ def _transaction(key: str, occurred_at: datetime, data: Mapping[str, Any]) -> Ev
         primary=origin,
         counterparty=target,
         facts=(
-            SubjectFacts(origin, {"country": originator["country"]}),
-            SubjectFacts(target, {"country": beneficiary["country"]}),
+            SubjectFacts(origin, {"country": originator["country"]}, occurred_at),
+            SubjectFacts(target, {"country": beneficiary["country"]}, occurred_at),
         ),
         amount=amount,
         currency=currency,
@@ -223,7 +245,7 @@ def _kyc_update(key: str, occurred_at: datetime, data: Mapping[str, Any]) -> Eve
         payload_hash=digest(payload),
         primary=subject,
         counterparty=None,
-        facts=(SubjectFacts(subject, attributes),),
+        facts=(SubjectFacts(subject, attributes, occurred_at),),
     )
 
 
@@ -234,6 +256,25 @@ def _payload(
 
 
 # -- field readers: each names the field at fault --------------------------------------
+
+
+def _check_depth(event: Mapping[str, Any]) -> None:
+    """Refuse an event nested deeper than MAX_EVENT_DEPTH, walking it with a stack of
+    its own: json.dumps and friends recurse, and fail on nesting a few hundred deep."""
+    pending: list[tuple[object, int]] = [(event, 1)]
+    while pending:
+        value, depth = pending.pop()
+        if isinstance(value, Mapping):
+            children: Any = value.values()
+        elif isinstance(value, list | tuple):
+            children = value
+        else:
+            continue
+        if depth > MAX_EVENT_DEPTH:
+            raise InvalidEvent(
+                "TOO_DEEP", "", f"an event is nested at most {MAX_EVENT_DEPTH} levels deep"
+            )
+        pending.extend((child, depth + 1) for child in children)
 
 
 def _check_size(event: Mapping[str, Any]) -> None:
@@ -272,14 +313,23 @@ def _string(value: Mapping[str, Any], name: str, path: str, max_length: int) -> 
         raise InvalidEvent("REQUIRED", path, "this field is required")
     if len(text) > max_length:
         raise InvalidEvent("TOO_LONG", path, f"at most {max_length} characters")
-    if _CONTROL.search(text):
-        raise InvalidEvent("INVALID_FORMAT", path, "control characters are not allowed")
+    if _CONTROL.search(text) or not _visible(text):
+        raise InvalidEvent(
+            "INVALID_FORMAT", path, "control, format and separator characters are not allowed"
+        )
     return text
+
+
+def _visible(text: str) -> bool:
+    """False when the text holds a character that hides or reorders what is shown."""
+    return text.isascii() or not any(
+        unicodedata.category(char) in _HIDDEN_CATEGORIES for char in text
+    )
 
 
 def _account_like(value: Mapping[str, Any], name: str, path: str) -> str:
     text = _string(value, name, path, 64)
-    if not _ACCOUNT.match(text):
+    if not _ACCOUNT.fullmatch(text):
         raise InvalidEvent(
             "INVALID_FORMAT", path, "letters, digits and . _ : / - only, starting alphanumeric"
         )
@@ -306,7 +356,7 @@ def _amount(value: Mapping[str, Any], path: str, currency: str) -> Decimal:
         raise InvalidEvent(
             "INVALID_AMOUNT", path, 'send the amount as a decimal string, such as "125.50"'
         )
-    if not _AMOUNT.match(raw):
+    if not _AMOUNT.fullmatch(raw):
         raise InvalidEvent("INVALID_AMOUNT", path, 'a positive decimal such as "125.50"')
     try:
         amount = Decimal(raw)
@@ -337,14 +387,23 @@ def _party(data: Mapping[str, Any], name: str) -> dict[str, str]:
 
 def _time(value: Mapping[str, Any], name: str, now: datetime) -> datetime:
     text = _string(value, name, name, 40)
+    # datetime.fromisoformat alone also reads week dates, basic format, offsets with
+    # seconds and long fractions: the pattern holds it to RFC 3339.
+    form = _RFC3339.fullmatch(text)
+    if form is None:
+        raise InvalidEvent(
+            "INVALID_TIME", name, "expected an RFC 3339 date-time, such as 2026-03-01T09:30:00Z"
+        )
+    if form["offset"] is None:
+        raise InvalidEvent("NAIVE_TIME", name, "the time must carry its offset, such as Z")
     try:
         moment = datetime.fromisoformat(text)
     except ValueError:
-        raise InvalidEvent("INVALID_TIME", name, "expected an ISO 8601 date and time") from None
-    if moment.tzinfo is None or moment.utcoffset() is None:
-        raise InvalidEvent("NAIVE_TIME", name, "the time must carry its offset, such as Z")
+        raise InvalidEvent("INVALID_TIME", name, "not a valid date and time") from None
+    # Aware datetimes compare by their UTC instant, without converting (which could
+    # overflow at the ends of the calendar).
     if moment > now + FUTURE_TOLERANCE:
         raise InvalidEvent("TIME_IN_FUTURE", name, "the event lies more than a day ahead")
-    if moment.year < 1970:
+    if moment < EPOCH:
         raise InvalidEvent("INVALID_TIME", name, "the event lies before 1970")
     return moment

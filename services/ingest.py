@@ -173,7 +173,7 @@ def _merged_facts(drafts: list[EventDraft]) -> list[SubjectFacts]:
             key = (fact.subject.kind.value, fact.subject.ref)
             before = merged.get(key)
             attributes = {**before.attributes, **fact.attributes} if before else fact.attributes
-            merged[key] = SubjectFacts(fact.subject, attributes)
+            merged[key] = SubjectFacts(fact.subject, attributes, fact.as_of)
     return [merged[key] for key in sorted(merged)]
 
 

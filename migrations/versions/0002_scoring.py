@@ -5,7 +5,7 @@ Revises: 0001
 Create Date: 2026-12-04
 """
 
-from alembic import op
+from migrations.sql import run
 
 revision = "0002"
 down_revision = "0001"
@@ -152,30 +152,11 @@ DROP FUNCTION IF EXISTS rulesets_immutable();
 """
 
 
-def _statements(script: str) -> list[str]:
-    """Split a script at semicolons that end a line outside a $$-quoted body."""
-    statements, current, quoted = [], [], False
-    for line in script.splitlines():
-        current.append(line)
-        quoted ^= line.count("$$") % 2 == 1
-        if not quoted and line.rstrip().endswith(";"):
-            statements.append("\n".join(current).strip())
-            current = []
-    if "\n".join(current).strip():
-        statements.append("\n".join(current).strip())
-    return statements
-
-
-def _run(script: str) -> None:
-    for statement in _statements(script):
-        op.execute(statement)
-
-
 def upgrade() -> None:
-    _run(UPGRADE)
+    run(UPGRADE)
     for table in TENANT_TABLES:
-        _run(POLICIES.format(table=table))
+        run(POLICIES.format(table=table))
 
 
 def downgrade() -> None:
-    _run(DOWNGRADE)
+    run(DOWNGRADE)

@@ -131,7 +131,6 @@ async def test_the_app_role_without_a_tenant_sees_and_changes_nothing(
             assert seen == 0, table
         for statement in (
             "UPDATE subjects SET attributes = '{}'",
-            "UPDATE events SET actor = 'mallory'",
             "UPDATE audit_heads SET last_seq = 0",
         ):
             result = await connection.execute(text(statement))
@@ -227,3 +226,25 @@ async def test_a_record_changed_behind_the_triggers_is_detected(
         with pytest.raises(AuditChainBroken) as raised:
             await verify(connection, tenant)
     assert raised.value.seq == 3
+
+
+async def test_a_chain_cut_short_at_its_end_is_detected(
+    uow_factory: Any, owner_engine: AsyncEngine, tenant: uuid.UUID, transaction_event: Any
+) -> None:
+    await ingest_events(
+        uow_factory, Caller(tenant, "x", "graphql"), [transaction_event() for _ in range(3)]
+    )
+    database = owner_engine.url.database
+    superuser = make_engine(ADMIN_URL.rsplit("/", 1)[0] + f"/{database}", pool_size=1)
+    try:
+        async with superuser.begin() as connection:
+            await connection.execute(text("SET LOCAL session_replication_role = replica"))
+            await connection.execute(
+                text("DELETE FROM audit_records WHERE tenant_id = :t AND seq = 4"), {"t": tenant}
+            )
+    finally:
+        await superuser.dispose()
+
+    async with owner_engine.connect() as connection:
+        with pytest.raises(AuditChainBroken, match="where its head says"):
+            await verify(connection, tenant)
