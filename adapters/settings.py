@@ -30,6 +30,8 @@ class Settings(BaseSettings):
     jwt_issuer: str = "vigil"
     jwt_audience: str = "vigil-api"
     jwt_leeway_seconds: int = Field(30, ge=0, le=300)
+    # A token that lives longer is refused, however it was signed.
+    jwt_max_lifetime_hours: float = Field(24.0, gt=0, le=24 * 31)
 
     portal_host: str = "127.0.0.1"
     portal_port: int = Field(8000, ge=1, le=65535)
@@ -44,6 +46,25 @@ class Settings(BaseSettings):
 
     inbound_prefetch: int = Field(100, ge=1, le=10000)
     inbound_metrics_port: int = Field(9102, ge=0, le=65535)
+
+    # Scoring: the dispatcher feeds the arq queue, workers score, the reconciler re-drives.
+    # The queue's name defaults to one derived from amqp_prefix, so a test run that has
+    # its own prefix has its own queue too.
+    arq_queue: str | None = Field(None, pattern="^[A-Za-z0-9_.:-]{1,100}$")
+    dispatch_prefetch: int = Field(200, ge=1, le=10000)
+    dispatch_metrics_port: int = Field(9103, ge=0, le=65535)
+    worker_concurrency: int = Field(20, ge=1, le=500)
+    worker_job_timeout_seconds: float = Field(60.0, gt=0, le=3600)
+    worker_max_tries: int = Field(5, ge=1, le=100)
+    worker_retry_seconds: float = Field(1.0, gt=0, le=600)
+    worker_stop_grace_seconds: int = Field(20, ge=0, le=600)
+    worker_metrics_port: int = Field(9104, ge=0, le=65535)
+    # An accepted event still unassessed after the deadline is enqueued again; 0 turns
+    # the dispatcher's periodic pass off (`vigil reconcile` still runs one pass).
+    reconcile_deadline_seconds: float = Field(300.0, ge=0)
+    reconcile_interval_seconds: float = Field(60.0, ge=0)
+    reconcile_lookback_hours: float = Field(72.0, gt=0)
+    reconcile_batch_size: int = Field(5000, ge=1, le=100_000)
     # Background processes serve /metrics here; in a container, bind 0.0.0.0.
     metrics_host: str = "127.0.0.1"
 
@@ -52,6 +73,11 @@ class Settings(BaseSettings):
     @property
     def production(self) -> bool:
         return self.environment == "production"
+
+    @property
+    def score_queue(self) -> str:
+        """The arq queue (a Redis sorted set) of score jobs."""
+        return self.arq_queue or f"{self.amqp_prefix}.score"
 
 
 @lru_cache(maxsize=1)

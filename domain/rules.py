@@ -24,7 +24,7 @@ MAX_CONDITION_LENGTH = 2000
 MAX_REASON_LENGTH = 500
 MAX_SCORE = 100
 
-_CODE = re.compile(r"^[A-Z][A-Z0-9_]{1,63}$")
+_CODE = re.compile(r"[A-Z][A-Z0-9_]{1,63}")
 _PLACEHOLDER = re.compile(r"\{([a-z_]+(?:\.[a-z_0-9]+)*)\}")
 # A dotted path into the context, outside string literals: `originator.out_count_24h`.
 _PATH = re.compile(r"\b(event|originator|beneficiary|params)\.([A-Za-z_][A-Za-z0-9_]*)")
@@ -234,7 +234,7 @@ def _rule(raw: object, path: str) -> Rule:
         raise InvalidRuleset(path, "a rule is an object")
     _known(raw, path, {"code", "typology", "concerns", "condition", "points", "reason", "params"})
     code = raw.get("code")
-    if not isinstance(code, str) or not _CODE.match(code):
+    if not isinstance(code, str) or not _CODE.fullmatch(code):
         raise InvalidRuleset(f"{path}.code", "an upper-case code such as LARGE_TRANSACTION")
     typology = raw.get("typology")
     if not isinstance(typology, str) or not 1 <= len(typology) <= 64:
@@ -252,7 +252,7 @@ def _rule(raw: object, path: str) -> Rule:
         raise InvalidRuleset(f"{path}.reason", "a reason text is required")
     params = raw.get("params", {})
     if not isinstance(params, Mapping) or not all(
-        isinstance(k, str) and re.match(r"^[a-z][a-z0-9_]{0,40}$", k) for k in params
+        isinstance(k, str) and re.fullmatch(r"[a-z][a-z0-9_]{0,40}", k) for k in params
     ):
         raise InvalidRuleset(f"{path}.params", "an object of lower_case names")
     _check_params(params, f"{path}.params")

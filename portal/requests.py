@@ -1,5 +1,6 @@
 """What every HTTP request gets before its handler runs: a correlation id, the caller's
-identity, a log context carrying both, and one log line when it is answered."""
+identity, a log context carrying both, a JSON body checked for what the decoder cannot
+take (:mod:`portal.bodies`), and one log line when it is answered."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from adapters.logging import bind_context
 from adapters.settings import Settings
 from domain.ids import new_id
 from portal.auth import authenticate
+from portal.bodies import checked_body, refuse
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +72,7 @@ class RequestContextMiddleware(ASGIMiddleware):
             tenant_id = identity.principal.tenant_id if identity.principal else None
             with bind_context(tenant_id=tenant_id):
                 try:
-                    await next_app(scope, receive, send_with_correlation)
+                    await self._pass_on(scope, headers, receive, send_with_correlation, next_app)
                 finally:
                     path = scope["path"]
                     log.log(
@@ -83,3 +85,17 @@ class RequestContextMiddleware(ASGIMiddleware):
                             "duration_ms": round((time.perf_counter() - started) * 1000, 1),
                         },
                     )
+
+    async def _pass_on(
+        self, scope: Scope, headers: Headers, receive: Receive, send: Send, next_app: ASGIApp
+    ) -> None:
+        """Hand the request on, unless its JSON body cannot be decoded safely."""
+        method = scope["method"] if scope["type"] == ScopeType.HTTP else ""
+        receive, refusal = await checked_body(
+            method, headers, receive, self._settings.max_body_bytes
+        )
+        if refusal is not None:
+            log.info("request body refused", extra={"reason": refusal})
+            await refuse(send, refusal)
+            return
+        await next_app(scope, receive, send)

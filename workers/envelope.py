@@ -7,8 +7,9 @@ An integration publishes one event per message::
      "tenantid": "<uuid>", "correlationid": "...", "traceparent": "...", "data": {...}}
 
 The envelope is read strictly: a body over :data:`MAX_MESSAGE_BYTES`, anything but UTF-8
-JSON, a repeated key, a missing required attribute, another spec version or an attribute
-outside :data:`ATTRIBUTES` is refused with :class:`~domain.errors.InvalidEvent`, whose
+JSON, JSON nested deeper than :data:`MAX_MESSAGE_DEPTH` (``TOO_DEEP``), a repeated key,
+a missing required attribute, another spec version or an attribute outside
+:data:`ATTRIBUTES` is refused with :class:`~domain.errors.InvalidEvent`, whose
 ``field`` names the attribute at fault. What the event itself must be (its type, time and
 data) is left to :func:`domain.events.parse_event`, so both doors in refuse a bad event
 alike; :func:`event_field` turns its field paths back into CloudEvents attribute names.
@@ -23,9 +24,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from adapters import bounded_json
 from domain.errors import InvalidEvent
 
 MAX_MESSAGE_BYTES = 64 * 1024
+# The event inside is refused past domain.events.MAX_EVENT_DEPTH; this bound only keeps
+# the decoder itself from recursing without limit.
+MAX_MESSAGE_DEPTH = 32
 MAX_SOURCE_LENGTH = 200
 MAX_CORRELATION_LENGTH = 200
 
@@ -113,11 +118,16 @@ def _check_transport(body: bytes, content_type: str | None, content_encoding: st
 
 def _decode(body: bytes) -> dict[str, Any]:
     try:
-        value = json.loads(
+        value = bounded_json.loads(
             body.decode("utf-8"),
+            max_depth=MAX_MESSAGE_DEPTH,
             object_pairs_hook=_unique_keys,
             parse_constant=_no_constants,
         )
+    except (bounded_json.TooDeep, RecursionError):
+        raise InvalidEvent(
+            "TOO_DEEP", "", f"a message is nested at most {MAX_MESSAGE_DEPTH} levels deep"
+        ) from None
     except (UnicodeDecodeError, ValueError) as error:
         raise InvalidEvent("INVALID_JSON", "", _json_reason(error)) from None
     if not isinstance(value, dict):

@@ -8,8 +8,11 @@ settled only once its fate is certain.
                           then nack with requeue; the queue's delivery limit dead-letters a
                           message that never succeeds, so nothing loops forever
 
-A failure while answering one message is logged and leaves that message unsettled (the
-broker delivers it again); it never stops the consumer.
+Any other failure while answering one message is a defect: it is logged and the message
+is retried like a transient failure (held, then nacked with requeue, so the delivery
+limit still ends the attempts). A message is never left unsettled: each one would hold a
+prefetch slot until the consumer restarts, and enough of them would stall it for every
+tenant. A failure never stops the consumer.
 """
 
 from __future__ import annotations
@@ -145,9 +148,24 @@ class InboundConsumer:
                 await self._answer(message)
             except Exception:
                 log.exception(
-                    "inbound message left unsettled; the broker will deliver it again",
-                    extra=_delivery_fields(message),
+                    "answering an inbound message failed", extra=_delivery_fields(message)
                 )
+                await self._give_back(message)
+
+    async def _give_back(self, message: AbstractIncomingMessage) -> None:
+        """Settle a message whose answer failed unexpectedly: requeue it after the
+        backoff, unless the failure came after it was settled."""
+        if message.processed:
+            return
+        verdict = Verdict(Fate.RETRIED, Reason("INTERNAL", "", "an unexpected failure"))
+        try:
+            await self._requeue_later(message, verdict)
+        except Exception:
+            # The channel is gone: the broker takes the message back with it.
+            log.exception("could not requeue an inbound message", extra=_delivery_fields(message))
+            return
+        _count(verdict)
+        _log_verdict(message, verdict, None)
 
     # -- one message ----------------------------------------------------------------------
 

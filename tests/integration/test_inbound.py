@@ -44,6 +44,7 @@ from tests.integration.inbound_support import (
     stored,
     stored_event,
 )
+from workers.envelope import read_envelope
 from workers.inbound_consumer import Backoff, InboundConsumer
 
 FAST = Backoff(first_seconds=0.05, max_seconds=0.2)
@@ -217,6 +218,18 @@ def _in_data(**changes: Any) -> Callable[[dict[str, Any]], bytes]:
     return lambda envelope: encode({**envelope, "data": {**envelope["data"], **changes}})
 
 
+def _nested(depth: int) -> bytes:
+    return b"[" * depth + b"]" * depth
+
+
+def _data_nested(depth: int) -> Callable[[dict[str, Any]], bytes]:
+    """The envelope with its data replaced by arrays nested ``depth`` deep, as raw JSON
+    (json.dumps would itself fail on the deepest)."""
+    return lambda envelope: (
+        encode({**envelope, "data": None})[:-1] + b', "data": ' + (_nested(depth) + b"}")
+    )
+
+
 BAD_MESSAGES = [
     Bad("not JSON", lambda _: b'{"specversion": "1.0", "id": ', "INVALID_JSON"),
     Bad("not UTF-8", lambda _: b'{"id": "\xff"}', "INVALID_JSON"),
@@ -253,6 +266,17 @@ BAD_MESSAGES = [
     Bad("float amount", _in_data(amount=125.5), "INVALID_AMOUNT", "data.amount"),
     Bad("unknown field in data", _in_data(colour="red"), "UNKNOWN_FIELD", "data.colour"),
     Bad("oversized body", _in_data(reference="x" * 70_000), "TOO_LARGE"),
+    Bad("nested past the recursion limit", _data_nested(5_000), "TOO_DEEP"),
+    Bad("nested too deep for a message", _data_nested(40), "TOO_DEEP"),
+    Bad("nested too deep for an event", _in_data(reference=[[[[[[[[[]]]]]]]]]), "TOO_DEEP"),
+    Bad("time in basic format", _changed(time="20260301T093000Z"), "INVALID_TIME", "time"),
+    Bad("time as a week date", _changed(time="2026-W09-1T09:30:00Z"), "INVALID_TIME", "time"),
+    Bad(
+        "time before 1970 in UTC",
+        _changed(time="1970-01-01T00:30:00+01:00"),
+        "INVALID_TIME",
+        "time",
+    ),
 ]
 
 
@@ -300,6 +324,58 @@ async def test_a_bad_message_does_not_stop_the_consumer(
 
     assert await stored(owner_engine, tenant) == ONCE
     assert await broker.waiting(broker.names.inbound) == 0
+
+
+async def test_deeply_nested_messages_are_dead_lettered_and_do_not_stall_the_consumer(
+    broker: Broker,
+    consuming: Run,
+    owner_engine: AsyncEngine,
+    tenant: uuid.UUID,
+    transaction_event: Any,
+) -> None:
+    # Far more poison than the consumer's prefetch (10): were any left unsettled, the
+    # valid event behind them would never be delivered.
+    deep = _data_nested(5_000)(cloud_event(transaction_event("deep"), tenant))
+    outcomes = Outcomes()
+
+    async with consuming():
+        for _ in range(120):
+            await broker.publish(deep)
+        await broker.publish(cloud_event(transaction_event("after"), tenant))
+        await outcomes.reach(accepted=1, dead_lettered=120)
+        dead = await broker.dead_letters(120)
+
+    assert {message.headers["x-vigil-error-code"] for message in dead} == {"TOO_DEEP"}
+    assert (await stored_event(owner_engine, tenant)).idempotency_key == "after"
+    assert await broker.waiting(broker.names.inbound) == 0
+
+
+async def test_an_unexpected_failure_requeues_the_message_after_the_backoff(
+    broker: Broker,
+    consuming: Run,
+    owner_engine: AsyncEngine,
+    tenant: uuid.UUID,
+    transaction_event: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    failures = iter([RuntimeError("a defect outside the ingest step")])
+
+    def read_once_failing(body: bytes, **properties: Any) -> Any:
+        failure = next(failures, None)
+        if failure is not None:
+            raise failure
+        return read_envelope(body, **properties)
+
+    monkeypatch.setattr("workers.inbound_consumer.read_envelope", read_once_failing)
+    outcomes = Outcomes()
+
+    async with consuming():
+        await broker.publish(cloud_event(transaction_event(), tenant))
+        await outcomes.reach(retried=1, accepted=1)
+
+    assert await stored(owner_engine, tenant) == ONCE
+    assert await broker.waiting(broker.names.inbound) == 0
+    assert await broker.waiting(broker.names.inbound_dead) == 0
 
 
 # -- outages: acknowledged only after the commit, carrying on afterwards ----------------

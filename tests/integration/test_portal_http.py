@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import socket
 import uuid
@@ -94,6 +95,67 @@ async def test_a_body_that_is_not_json_is_refused(
     )
 
     assert (form.status_code, broken.status_code) == (400, 400)
+
+
+def _with_reference(raw_json: str) -> bytes:
+    """An ingest request whose one event's reference is ``raw_json`` spliced in as is."""
+    body = json.dumps(
+        {
+            "query": INGEST,
+            "variables": {"input": {"events": [_EVENT | {"data": {"reference": "@@"}}]}},
+        }
+    )
+    return body.replace('"@@"', raw_json).encode()
+
+
+_EVENT: dict[str, Any] = {
+    "idempotencyKey": "k-odd-body",
+    "type": "transaction",
+    "occurredAt": "2026-03-01T09:30:00Z",
+}
+
+ODD_BODIES = [
+    ("nested 3,000 deep", _with_reference("[" * 3000 + "]" * 3000)),
+    ("nested 900 deep", _with_reference("[" * 900 + "]" * 900)),
+    ("nested 40 deep", _with_reference('{"a":' * 40 + "1" + "}" * 40)),
+    ("a 5,000-digit integer", _with_reference("9" * 5000)),
+    ("NaN", _with_reference("NaN")),
+    ("not UTF-8", _with_reference('"not-utf-8"').replace(b"not-utf-8", b"\xff")),
+]
+
+
+@pytest.mark.parametrize("body", [pytest.param(body, id=name) for name, body in ODD_BODIES])
+@pytest.mark.parametrize("with_token", [True, False], ids=["token", "no token"])
+async def test_a_body_json_cannot_read_safely_is_a_bad_request_not_a_500(
+    portal: Portal,
+    settings: Settings,
+    tenant: uuid.UUID,
+    owner_engine: AsyncEngine,
+    caplog: pytest.LogCaptureFixture,
+    body: bytes,
+    with_token: bool,
+) -> None:
+    headers = {"Content-Type": "application/json"}
+    if with_token:
+        headers["Authorization"] = f"Bearer {token(settings, tenant)}"
+
+    response = await portal.client.post("/graphql", content=body, headers=headers)
+
+    assert response.status_code == 400, response.text
+    assert "Traceback" not in response.text
+    assert [r for r in caplog.records if r.levelno >= logging.ERROR] == []
+    assert await stored_nothing(owner_engine, tenant)
+
+
+async def test_a_body_nested_within_the_limit_reaches_graphql(
+    portal: Portal, settings: Settings, tenant: uuid.UUID
+) -> None:
+    body = {"query": VIEWER, "variables": {"unused": [[[[[[[[[[1]]]]]]]]]]}, "extensions": {}}
+
+    response = await portal.post(body, token=token(settings, tenant))
+
+    assert response.status_code == 200, response.text
+    assert response.json()["data"]["viewer"]["tenantId"] == str(tenant)
 
 
 async def test_an_oversized_body_is_413(

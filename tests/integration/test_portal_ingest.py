@@ -153,6 +153,36 @@ async def test_a_batch_answers_each_event_on_its_own_and_stores_only_good_ones(
     assert await count_rows(owner_engine, "outbox", tenant) == 2
 
 
+async def test_an_event_nested_too_deep_is_refused_on_its_own_in_its_batch(
+    portal: Portal,
+    settings: Settings,
+    tenant: uuid.UUID,
+    owner_engine: AsyncEngine,
+    transaction_event: Any,
+) -> None:
+    deep = transaction_event("deep")
+    deep["data"]["reference"] = _nested(20)
+    events = [transaction_event("good-1"), deep, transaction_event("good-2")]
+
+    payload = await portal.ingest(events, token=token(settings, tenant))
+
+    good_1, refused, good_2 = payload["results"]
+    assert (refused["__typename"], refused["code"], refused["field"]) == (
+        "EventRejected",
+        "TOO_DEEP",
+        "",
+    )
+    assert good_1["__typename"] == good_2["__typename"] == "EventAccepted"
+    assert await count_rows(owner_engine, "events", tenant) == 2
+
+
+def _nested(depth: int) -> list[Any]:
+    value: list[Any] = []
+    for _ in range(depth - 1):
+        value = [value]
+    return value
+
+
 def _event(transaction_event: Any, change: Any) -> dict[str, Any]:
     event: dict[str, Any] = transaction_event()
     change(event)
@@ -194,6 +224,14 @@ BAD_EVENTS = [
     ("unknown field", _set("data.colour", "red"), "UNKNOWN_FIELD", "data.colour"),
     ("unknown type", _set("type", "payment"), "UNKNOWN_EVENT_TYPE", "type"),
     ("long reference", _set("data.reference", "r" * 141), "TOO_LONG", "data.reference"),
+    (
+        "reference reordered",
+        _set("data.reference", "invoice \u202e24"),
+        "INVALID_FORMAT",
+        "data.reference",
+    ),
+    ("amount with a newline", _set("data.amount", "1.00\n"), "INVALID_AMOUNT", "data.amount"),
+    ("week date", _set("occurredAt", "2026-W09-1T09:30:00Z"), "INVALID_TIME", "occurredAt"),
     ("missing amount", _drop("data.amount"), "REQUIRED", "data.amount"),
     ("data not an object", _set("data", ["amount"]), "INVALID_TYPE", "data"),
     ("empty key", _set("idempotencyKey", " "), "REQUIRED", "idempotencyKey"),

@@ -31,6 +31,13 @@ def _set(event: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
 _DELETE = object()
 
 
+def _nested(depth: int) -> list[Any]:
+    value: list[Any] = []
+    for _ in range(depth - 1):
+        value = [value]
+    return value
+
+
 def test_a_valid_transaction_is_normalised(transaction_event: Any) -> None:
     draft = parse_event(transaction_event("k1", amount="10.5"), now=NOW)
 
@@ -81,6 +88,34 @@ BAD = [
     ("data", _DELETE, "REQUIRED", "data"),
     ("data", [], "INVALID_TYPE", "data"),
     ("data.reference", "x" * 20_000, "TOO_LARGE", ""),
+    # A pattern must match the whole value: "$" alone would let a final newline through.
+    ("data.amount", "1.00\n", "INVALID_AMOUNT", "data.amount"),
+    ("idempotencyKey", "k1\n", "INVALID_FORMAT", "idempotencyKey"),
+    ("data.beneficiary.account", "ACC1\n", "INVALID_FORMAT", "data.beneficiary.account"),
+    ("data.channel", "sepa\n", "INVALID_FORMAT", "data.channel"),
+    # Characters that reorder or hide text, and C1 controls, in free text.
+    ("data.reference", "invoice \u202e24", "INVALID_FORMAT", "data.reference"),
+    ("data.reference", "in\u200bvoice", "INVALID_FORMAT", "data.reference"),
+    ("data.reference", "\ufeffinvoice", "INVALID_FORMAT", "data.reference"),
+    ("data.reference", "line\u2028break", "INVALID_FORMAT", "data.reference"),
+    ("data.reference", "para\u2029break", "INVALID_FORMAT", "data.reference"),
+    ("data.reference", "next\x85line", "INVALID_FORMAT", "data.reference"),
+    ("data.reference", "csi\x9b", "INVALID_FORMAT", "data.reference"),
+    # Only RFC 3339 date-times, and 1970 counts in UTC.
+    ("occurredAt", "20260301T093000Z", "INVALID_TIME", "occurredAt"),
+    ("occurredAt", "2026-W09-1T09:30:00Z", "INVALID_TIME", "occurredAt"),
+    ("occurredAt", "2026-060T09:30:00Z", "INVALID_TIME", "occurredAt"),
+    ("occurredAt", "2026-03-01T09:30:00+01:00:30", "INVALID_TIME", "occurredAt"),
+    ("occurredAt", "2026-03-01T09:30:00.1234567Z", "INVALID_TIME", "occurredAt"),
+    ("occurredAt", "2026-03-01T09:30Z", "INVALID_TIME", "occurredAt"),
+    ("occurredAt", "2026-03-01 09:30:00Z", "INVALID_TIME", "occurredAt"),
+    ("occurredAt", "2026-03-01T09:30:00+0100", "INVALID_TIME", "occurredAt"),
+    ("occurredAt", "2026-13-01T09:30:00Z", "INVALID_TIME", "occurredAt"),
+    ("occurredAt", "1970-01-01T00:30:00+01:00", "INVALID_TIME", "occurredAt"),
+    ("occurredAt", "0001-01-01T00:00:00+01:00", "INVALID_TIME", "occurredAt"),
+    # Nesting is bounded before anything walks the event recursively.
+    ("data.reference", _nested(9), "TOO_DEEP", ""),
+    ("data.extra", _nested(5_000), "TOO_DEEP", ""),
 ]
 
 
@@ -94,6 +129,41 @@ def test_a_bad_event_is_refused_naming_the_field(
         parse_event(event, now=NOW)
 
     assert (raised.value.code, raised.value.field) == (code, field)
+
+
+@pytest.mark.parametrize(
+    "occurred_at",
+    [
+        "2026-03-01T09:30:00Z",
+        "2026-03-01T09:30:00.5+01:00",
+        "2026-03-01T09:30:00.123456-05:30",
+        "1970-01-01T00:00:00Z",
+        "1970-01-01T00:30:00-01:00",
+    ],
+)
+def test_an_rfc_3339_time_is_accepted(transaction_event: Any, occurred_at: str) -> None:
+    draft = parse_event(transaction_event("k1", occurred_at=occurred_at), now=NOW)
+
+    assert draft.occurred_at.utcoffset() is not None
+
+
+def test_a_reference_may_hold_any_printable_script(transaction_event: Any) -> None:
+    event = _set(transaction_event("k1"), "data.reference", "Rechnung Nr. 42, Müller, 東京")
+
+    draft = parse_event(event, now=NOW)
+
+    assert draft.payload["data"]["reference"] == "Rechnung Nr. 42, Müller, 東京"
+
+
+def test_an_event_eight_levels_deep_is_not_too_deep(transaction_event: Any) -> None:
+    # The event is level 1 and data level 2: a reference nested to level 8 is refused
+    # for its type, not for its depth.
+    event = _set(transaction_event("k1"), "data.reference", _nested(6))
+
+    with pytest.raises(InvalidEvent) as raised:
+        parse_event(event, now=NOW)
+
+    assert (raised.value.code, raised.value.field) == ("INVALID_TYPE", "data.reference")
 
 
 def test_an_account_cannot_pay_itself(transaction_event: Any) -> None:

@@ -1,0 +1,129 @@
+"""JSON request bodies, checked before GraphQL reads them.
+
+Strawberry decodes a body with ``json.loads`` and turns only a syntax error into a 400:
+a body nested a few thousand levels deep (RecursionError), an integer of more than 4,300
+digits or bytes that are not UTF-8 (ValueError) would reach the caller as a 500, with or
+without a token. :func:`checked_body` reads the body first and refuses such a body with
+the reason; a body it accepts is handed on unchanged, to be decoded again by strawberry.
+A body over the size limit is not read here: Litestar refuses it with 413 as before.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import deque
+from typing import NoReturn
+
+from litestar.datastructures import Headers
+from litestar.types import Receive, ReceiveMessage, Send
+
+from adapters import bounded_json
+
+# A GraphQL request holds its variables at level 2, an event at level 5 and the deepest
+# field of an event at level 7; domain.events refuses events deeper than its own bound.
+MAX_BODY_DEPTH = 32
+# GraphQL's Int has 32 bits; a longer number is a mistake or a probe, and past 4,300
+# digits Python refuses to convert it at all.
+MAX_NUMBER_DIGITS = 100
+
+
+async def checked_body(
+    method: str, headers: Headers, receive: Receive, max_bytes: int
+) -> tuple[Receive, str | None]:
+    """The ``receive`` to hand on (it replays what was read here), and why the body is
+    refused, or None."""
+    if method != "POST" or not _is_json(headers) or _announced_over(headers, max_bytes):
+        return receive, None
+    messages, body = await _read(receive, max_bytes)
+    return _replaying(messages, receive), None if body is None else refusal(body)
+
+
+def refusal(body: bytes) -> str | None:
+    """Why a JSON body cannot be read safely, or None when it can."""
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        return "the body is not UTF-8"
+    try:
+        bounded_json.loads(
+            text,
+            max_depth=MAX_BODY_DEPTH,
+            parse_int=_bounded_int,
+            parse_constant=_no_constant,
+        )
+    except bounded_json.TooDeep:
+        return f"the body is nested more than {MAX_BODY_DEPTH} levels deep"
+    except json.JSONDecodeError as error:
+        return f"the body is not JSON: {error.msg} at line {error.lineno} column {error.colno}"
+    except ValueError as error:
+        # Raised by the hooks below, with a message meant for the caller.
+        return f"the body is not acceptable JSON: {error}"
+    return None
+
+
+async def refuse(send: Send, reason: str) -> None:
+    """Answer 400 in the shape of Litestar's own client errors."""
+    content = json.dumps({"status_code": 400, "detail": reason}).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 400,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(content)).encode()),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": content, "more_body": False})
+
+
+def _is_json(headers: Headers) -> bool:
+    # Strawberry decodes every body whose media type contains this.
+    media_type = headers.get("Content-Type", "").split(";", 1)[0].strip().lower()
+    return "application/json" in media_type
+
+
+def _announced_over(headers: Headers, max_bytes: int) -> bool:
+    length = headers.get("Content-Length")
+    return length is not None and (not length.isdigit() or int(length) > max_bytes)
+
+
+async def _read(receive: Receive, max_bytes: int) -> tuple[list[ReceiveMessage], bytes | None]:
+    """The messages read, and the whole body unless it could not be read within
+    ``max_bytes`` (or the client went away)."""
+    messages: list[ReceiveMessage] = []
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        messages.append(message)
+        if message["type"] != "http.request":
+            return messages, None
+        chunk = message.get("body", b"")
+        chunks.append(chunk)
+        size += len(chunk)
+        if size > max_bytes:
+            return messages, None
+        if not message.get("more_body", False):
+            return messages, b"".join(chunks)
+
+
+def _replaying(messages: list[ReceiveMessage], receive: Receive) -> Receive:
+    pending = deque(messages)
+
+    async def replay() -> ReceiveMessage:
+        if pending:
+            return pending.popleft()
+        return await receive()
+
+    return replay
+
+
+def _bounded_int(digits: str) -> int:
+    if len(digits.lstrip("-")) > MAX_NUMBER_DIGITS:
+        raise ValueError(f"a number has more than {MAX_NUMBER_DIGITS} digits")
+    return int(digits)
+
+
+def _no_constant(name: str) -> NoReturn:
+    raise ValueError(f"{name} is not a JSON number")
