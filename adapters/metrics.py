@@ -31,6 +31,37 @@ INBOUND_MESSAGES = Counter(
     ["outcome"],
 )
 
+DISPATCH_MESSAGES = Counter(
+    "vigil_dispatch_messages_total",
+    "Messages taken from the dispatch queue, by outcome.",
+    ["outcome"],
+)
+SCORING_JOBS = Counter(
+    "vigil_scoring_jobs_total",
+    "Score jobs run, by outcome (assessed, already_assessed, retried, failed, ...).",
+    ["outcome"],
+)
+SCORING_SECONDS = Histogram(
+    "vigil_scoring_seconds",
+    "Time to score one event, from the start of its job to its commit.",
+    buckets=(0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+SCORING_WAIT_SECONDS = Histogram(
+    "vigil_scoring_queue_wait_seconds",
+    "Time a score job waited in the queue before a worker started it.",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
+)
+SCORING_FAILURES = Counter(
+    "vigil_scoring_failures_total",
+    "Events marked as failed for good, by error code.",
+    ["code"],
+)
+SCORING_REDRIVEN = Counter(
+    "vigil_scoring_redriven_total",
+    "Events enqueued again, by who asked (reconciler or operator).",
+    ["by"],
+)
+
 
 def serve_metrics(port: int, host: str = "127.0.0.1") -> None:
     """Expose the default registry over HTTP (port 0: do not serve)."""

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import json
 import sys
 import uuid
+from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 from adapters.logging import configure_logging
 from adapters.settings import get_settings
@@ -55,12 +59,44 @@ def _tenant(args: argparse.Namespace) -> int:
         engine = make_engine(get_settings().owner_database_url, pool_size=1)
         try:
             existing = await find_tenant(engine, args.slug)
-            return existing or await create_tenant(engine, args.slug, args.name or args.slug)
+            tenant_id = existing or await create_tenant(engine, args.slug, args.name or args.slug)
         finally:
             await engine.dispose()
+        # A new tenant scores with the default ruleset until it installs its own.
+        await _install_default_ruleset(tenant_id)
+        return tenant_id
 
     print(asyncio.run(run()))
     return 0
+
+
+async def _install_default_ruleset(tenant_id: uuid.UUID) -> None:
+    """Install and activate the default ruleset when the tenant has no ruleset at all."""
+    from domain.default_ruleset import DEFAULT_RULESET
+    from services.scoring import install_ruleset
+
+    async def install(uow_factory: Any, scorers: Any) -> None:
+        async with uow_factory(tenant_id) as uow:
+            if await uow.scoring.latest_version() > 0:
+                return
+        _ = await install_ruleset(
+            uow_factory, scorers, tenant_id, DEFAULT_RULESET, "operator", activate=True
+        )
+
+    await _with_rulesets(install)
+
+
+async def _with_rulesets(operation: Any) -> Any:
+    """Run ``operation(uow_factory, scorers)`` with the application role's engine."""
+    from adapters.cel_rules import CachedScorers
+    from adapters.database import make_engine
+    from adapters.unit_of_work import unit_of_work_factory
+
+    engine = make_engine(get_settings().database_url, pool_size=1)
+    try:
+        return await operation(unit_of_work_factory(engine), CachedScorers())
+    finally:
+        await engine.dispose()
 
 
 def _tenant_by_slug(slug: str) -> uuid.UUID:
@@ -78,6 +114,11 @@ def _tenant_by_slug(slug: str) -> uuid.UUID:
     if tenant_id is None:
         raise SystemExit(f"no tenant {slug!r}: create it with 'vigil tenant {slug}'")
     return tenant_id
+
+
+def _tenant_id(value: str) -> uuid.UUID:
+    """A tenant named by its id or its slug."""
+    return uuid.UUID(value) if _is_uuid(value) else _tenant_by_slug(value)
 
 
 def _is_uuid(value: str) -> bool:
@@ -109,6 +150,116 @@ def _inbound(args: argparse.Namespace) -> int:
     return 0
 
 
+def _dispatcher(args: argparse.Namespace) -> int:
+    from workers.dispatcher import run
+
+    asyncio.run(run(get_settings()))
+    return 0
+
+
+def _worker(args: argparse.Namespace) -> int:
+    from workers.scoring import run
+
+    asyncio.run(run(get_settings()))
+    return 0
+
+
+def _ruleset(args: argparse.Namespace) -> int:
+    from domain.default_ruleset import DEFAULT_RULESET
+    from domain.rules import InvalidRuleset
+    from services.scoring import install_ruleset
+
+    tenant_id = _tenant_id(args.tenant)
+    if args.file is None:
+        document = DEFAULT_RULESET
+    else:
+        try:
+            document = json.loads(args.file.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as error:
+            raise SystemExit(f"cannot read {args.file}: {error}") from None
+
+    async def install(uow_factory: Any, scorers: Any) -> int:
+        return await install_ruleset(
+            uow_factory, scorers, tenant_id, document, args.actor, activate=args.activate
+        )
+
+    try:
+        version = asyncio.run(_with_rulesets(install))
+    except InvalidRuleset as error:
+        print(f"the ruleset is not valid: {error}", file=sys.stderr)
+        return 2
+    state = "active" if args.activate else "validated, not active"
+    print(f"ruleset version {version} installed ({state})")
+    return 0
+
+
+def _reconcile(args: argparse.Namespace) -> int:
+    from workers.reconciler import Reconciler
+
+    settings = get_settings()
+    if args.deadline is not None:
+        settings = settings.model_copy(update={"reconcile_deadline_seconds": args.deadline})
+    tenant_id = _tenant_id(args.tenant) if args.tenant else None
+
+    async def run() -> int:
+        async with _scoring_resources() as (engine, redis):
+            return await Reconciler.from_settings(settings, engine, redis).run_once(tenant_id)
+
+    print(f"{asyncio.run(run())} events enqueued again")
+    return 0
+
+
+def _failures(args: argparse.Namespace) -> int:
+    from workers.reconciler import list_failures
+
+    tenant_id = _tenant_id(args.tenant)
+
+    async def run() -> list[Any]:
+        async with _scoring_resources() as (engine, _):
+            return await list_failures(engine, tenant_id, max_rows=args.limit)
+
+    failures = asyncio.run(run())
+    for failure in failures:
+        when = failure.failed_at.isoformat(timespec="seconds")
+        print(f"{failure.event_id}\t{failure.attempts}\t{when}\t{failure.reason}")
+    return 0
+
+
+def _redrive(args: argparse.Namespace) -> int:
+    from workers.reconciler import redrive
+
+    tenant_id = _tenant_id(args.tenant)
+    event_id = uuid.UUID(args.event) if args.event else None
+
+    async def run() -> list[uuid.UUID]:
+        async with _scoring_resources() as (engine, redis):
+            return await redrive(engine, redis, tenant_id, actor=args.actor, event_id=event_id)
+
+    try:
+        events = asyncio.run(run())
+    except LookupError as error:
+        print(str(error), file=sys.stderr)
+        return 2
+    print(f"{len(events)} events enqueued again")
+    return 0
+
+
+@contextlib.asynccontextmanager
+async def _scoring_resources() -> AsyncIterator[tuple[Any, Any]]:
+    """The application role's engine and a client of the score queue."""
+    from adapters.database import make_engine
+    from adapters.score_queue import connect
+
+    settings = get_settings()
+    engine = make_engine(settings.database_url, pool_size=2)
+    redis = connect(settings)
+    try:
+        yield engine, redis
+    finally:
+        await redis.aclose(close_connection_pool=True)
+        await engine.dispose()
+
+
 def _demo(args: argparse.Namespace) -> int:
     from vigil.demo import run
 
@@ -128,6 +279,46 @@ def build_parser() -> argparse.ArgumentParser:
         handler=_inbound
     )
     commands.add_parser("relay", help="publish the outbox to RabbitMQ").set_defaults(handler=_relay)
+    commands.add_parser(
+        "dispatcher", help="turn event.received messages into score jobs, and reconcile"
+    ).set_defaults(handler=_dispatcher)
+    commands.add_parser("worker", help="score events (the arq worker)").set_defaults(
+        handler=_worker
+    )
+
+    reconcile = commands.add_parser(
+        "reconcile", help="enqueue again the accepted events still unassessed (one pass)"
+    )
+    reconcile.add_argument("--tenant", help="tenant id or slug (default: every tenant)")
+    reconcile.add_argument(
+        "--deadline",
+        type=float,
+        metavar="SECONDS",
+        help="take events accepted this long ago or more (default: the setting)",
+    )
+    reconcile.set_defaults(handler=_reconcile)
+
+    failures = commands.add_parser("failures", help="list a tenant's events that failed scoring")
+    failures.add_argument("tenant", help="tenant id or slug")
+    failures.add_argument("--limit", type=int, default=1000)
+    failures.set_defaults(handler=_failures)
+
+    redrive = commands.add_parser(
+        "redrive", help="score a tenant's failed events (or one event) again, once fixed"
+    )
+    redrive.add_argument("tenant", help="tenant id or slug")
+    redrive.add_argument("--event", help="only this event id (failed or not)")
+    redrive.add_argument("--actor", default="operator", help="who asks, for the audit trail")
+    redrive.set_defaults(handler=_redrive)
+
+    ruleset = commands.add_parser(
+        "ruleset", help="install a ruleset version for a tenant (the default, or a file)"
+    )
+    ruleset.add_argument("tenant", help="tenant id or slug")
+    ruleset.add_argument("--file", type=Path, help="a ruleset document in JSON")
+    ruleset.add_argument("--activate", action="store_true", help="make it the active version")
+    ruleset.add_argument("--actor", default="operator", help="who installs, for the audit trail")
+    ruleset.set_defaults(handler=_ruleset)
 
     migrate = commands.add_parser("migrate", help="bring the database schema up to date")
     migrate.add_argument("--downgrade", metavar="REVISION", help="go down to REVISION (base)")
@@ -145,8 +336,10 @@ def build_parser() -> argparse.ArgumentParser:
     token.add_argument("--minutes", type=int, default=480)
     token.set_defaults(handler=_token)
 
-    demo = commands.add_parser("demo", help="start the processes and ingest sample events")
-    demo.add_argument("--events", type=int, default=20)
+    demo = commands.add_parser("demo", help="start the processes and send sample transfers")
+    demo.add_argument("--data", type=Path, default=None, help="the AMLSim data folder")
+    demo.add_argument("--limit", type=int, default=500, help="how many transfers to send")
+    demo.add_argument("--keep-running", action="store_true", help="leave the processes up")
     demo.set_defaults(handler=_demo)
     return parser
 

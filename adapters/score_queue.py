@@ -1,0 +1,131 @@
+"""The arq queue of score jobs: job ids, how jobs are encoded, and enqueueing.
+
+One job scores one event: ``score_event(tenant_id, event_id, correlation_id)``.
+
+Why a new job is never silently dropped
+---------------------------------------
+arq's ``enqueue_job`` answers ``None``, and enqueues nothing, while a job with the same
+id exists (queued, deferred for a retry, or running) or while its result is kept. A
+deterministic id is what makes a repeated delivery cheap, but it also means a genuinely
+needed job can be refused. Each way that could happen is closed:
+
+* Results are never kept (``keep_result=0`` on the worker, see :mod:`workers.scoring`).
+  Once a job has finished, its id is free again: a later delivery of the same event is
+  enqueued and runs, and the assessment's unique key (event, ruleset version) makes that
+  run change nothing. Without this, a re-delivery within the result's lifetime would be
+  refused although nobody is going to score the event.
+* A refusal while the same id is queued or running is harmless: that job reads the
+  event when it runs, and the event never changes, so it does exactly what the refused
+  one would have done.
+* A worker killed mid-job leaves the job's key and its in-progress key behind, and the
+  job waits until the in-progress key expires (the job timeout plus 10 s); if Redis
+  loses its data, the job is gone altogether. Re-drives therefore never reuse the
+  dispatcher's id: the reconciler uses ``score:<tenant>:<event>:r<period>`` and an
+  operator's re-drive ``score:<tenant>:<event>:d<milliseconds>``, which nothing else
+  holds. Two reconcilers in the same period agree on the id and only one job results.
+
+Jobs are encoded as JSON rather than arq's default pickle: a job is three strings, and
+nobody who can write to Redis can make a worker run code by unpickling.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+from arq.connections import ArqRedis
+from arq.constants import in_progress_key_prefix, job_key_prefix
+from redis.asyncio import ConnectionPool
+from redis.exceptions import RedisError
+
+from adapters.settings import Settings
+from domain.errors import TransientFailure
+
+SCORE_EVENT = "score_event"
+
+
+def dumps(value: Any) -> bytes:
+    # ``default=str``: a failed job's result (an exception) is written as its text.
+    return json.dumps(value, default=str, separators=(",", ":")).encode()
+
+
+def loads(raw: bytes) -> Any:
+    return json.loads(raw)
+
+
+def job_id(tenant_id: uuid.UUID, event_id: uuid.UUID) -> str:
+    """The dispatcher's id for the event's job."""
+    return f"score:{tenant_id}:{event_id}"
+
+
+def reconciler_job_id(tenant_id: uuid.UUID, event_id: uuid.UUID, period: int) -> str:
+    return f"{job_id(tenant_id, event_id)}:r{period}"
+
+
+def operator_job_id(tenant_id: uuid.UUID, event_id: uuid.UUID) -> str:
+    return f"{job_id(tenant_id, event_id)}:d{time.time_ns() // 1_000_000}"
+
+
+def connect(settings: Settings, *, max_connections: int = 50) -> ArqRedis:
+    """A client of the score queue. Nothing is sent until it is used, so a process starts
+    while Redis is down; each command then fails with :class:`TransientFailure`."""
+    pool = ConnectionPool.from_url(
+        settings.redis_url,
+        max_connections=max_connections,
+        socket_connect_timeout=2.0,
+        socket_timeout=5.0,
+    )
+    return ArqRedis(
+        pool,
+        job_serializer=dumps,
+        job_deserializer=loads,
+        default_queue_name=settings.score_queue,
+    )
+
+
+async def enqueue_score(
+    redis: ArqRedis,
+    tenant_id: uuid.UUID,
+    event_id: uuid.UUID,
+    *,
+    correlation_id: str | None = None,
+    job: str | None = None,
+) -> bool:
+    """Enqueue the event's score job under ``job`` (the dispatcher's id by default).
+    False when arq refused it because a job with that id is queued or running (see the
+    module's docstring for why that is safe)."""
+    try:
+        enqueued = await redis.enqueue_job(
+            SCORE_EVENT,
+            str(tenant_id),
+            str(event_id),
+            correlation_id,
+            _job_id=job or job_id(tenant_id, event_id),
+        )
+    except (RedisError, OSError) as error:
+        raise TransientFailure(
+            f"the score queue is unreachable ({type(error).__name__})"
+        ) from error
+    return enqueued is not None
+
+
+async def waiting(redis: ArqRedis, job_ids: Sequence[str]) -> list[bool]:
+    """For each id, whether that job sits in the queue and no worker has started it (it
+    will run without help). A running job is not waiting: its worker may be dead."""
+    try:
+        async with redis.pipeline(transaction=False) as pipe:
+            for job in job_ids:
+                pipe.exists(job_key_prefix + job)
+                pipe.exists(in_progress_key_prefix + job)
+            flags = await pipe.execute()
+    except (RedisError, OSError) as error:
+        raise TransientFailure(
+            f"the score queue is unreachable ({type(error).__name__})"
+        ) from error
+    return [
+        bool(queued) and not running
+        for queued, running in zip(flags[::2], flags[1::2], strict=True)
+    ]

@@ -1,0 +1,295 @@
+"""The dispatcher against the real RabbitMQ, PostgreSQL and Redis.
+
+Each test runs a dispatcher in-process on its own connection and a score queue of its
+own, publishes ``event.received`` messages as the relay does (to the events exchange,
+whose binding routes them to the dispatch queue), and checks the jobs it enqueued, its
+inbox, and what a worker made of the jobs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import asynccontextmanager
+from typing import Any
+
+import aio_pika
+import pytest
+from aio_pika.abc import AbstractRobustConnection
+from arq.connections import ArqRedis
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from adapters.broker import Names
+from adapters.score_queue import connect, job_id
+from adapters.settings import Settings
+from domain.messages import EVENT_RECEIVED
+from domain.ports import UnitOfWorkFactory
+from tests.integration.scoring_support import (
+    ONE_ALERT,
+    Counter,
+    Effects,
+    activate_default_ruleset,
+    alerting,
+    assessed,
+    effects,
+    eventually,
+    ingest,
+    queued_job_ids,
+    received_envelopes,
+    score_queue,
+    scoring_settings,
+    working,
+)
+from workers.dispatcher import CONSUMER, Dispatcher
+from workers.inbound_consumer import Backoff
+
+FAST = Backoff(first_seconds=0.05, max_seconds=0.2)
+
+
+@pytest.fixture
+def scoring(settings: Settings) -> Settings:
+    return scoring_settings(settings)
+
+
+@pytest.fixture
+async def queue(scoring: Settings) -> AsyncIterator[ArqRedis]:
+    async with score_queue(scoring) as redis:
+        yield redis
+
+
+@pytest.fixture
+async def publish(amqp: AbstractRobustConnection, names: Names) -> Callable[..., Any]:
+    """Publish to the events exchange as the relay does; the dispatch queue starts empty."""
+    async with amqp.channel() as channel:
+        await (await channel.get_queue(names.dispatch)).purge()
+        await (await channel.get_queue(names.dispatch_dead)).purge()
+
+    async def send(envelope: Mapping[str, Any] | bytes, routing_key: str = EVENT_RECEIVED) -> None:
+        body = envelope if isinstance(envelope, bytes) else json.dumps(envelope).encode()
+        message_id = None if isinstance(envelope, bytes) else str(envelope.get("id"))
+        async with amqp.channel() as channel:
+            exchange = await channel.get_exchange(names.events_exchange)
+            await exchange.publish(
+                aio_pika.Message(
+                    body,
+                    message_id=message_id,
+                    content_type="application/cloudevents+json",
+                    delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                ),
+                routing_key=routing_key,
+            )
+
+    return send
+
+
+@pytest.fixture
+def dispatching(
+    settings: Settings, names: Names, uow_factory: UnitOfWorkFactory
+) -> Callable[..., Any]:
+    """``async with dispatching(redis): ...`` runs a dispatcher for the block."""
+
+    @asynccontextmanager
+    async def run(redis: ArqRedis) -> AsyncIterator[Dispatcher]:
+        connection = await aio_pika.connect_robust(settings.amqp_url.get_secret_value())
+        dispatcher = Dispatcher(
+            connection, uow_factory, redis, names, prefetch=10, concurrency=4, backoff=FAST
+        )
+        try:
+            await dispatcher.start()
+            yield dispatcher
+        finally:
+            await dispatcher.stop()
+            await connection.close()
+
+    return run
+
+
+async def waiting_in(amqp: AbstractRobustConnection, name: str) -> int:
+    async with amqp.channel() as channel:
+        queue = await channel.get_queue(name)
+        return queue.declaration_result.message_count or 0
+
+
+async def inbox_has(owner_engine: AsyncEngine, tenant: uuid.UUID, message_id: str) -> bool:
+    async with owner_engine.connect() as connection:
+        found = await connection.scalar(
+            text(
+                "SELECT count(*) FROM inbox WHERE tenant_id = :t AND consumer = :c"
+                " AND message_id = :m"
+            ),
+            {"t": tenant, "c": CONSUMER, "m": message_id},
+        )
+    return bool(found)
+
+
+async def test_an_ingested_event_is_dispatched_once_and_scored(
+    scoring: Settings,
+    queue: ArqRedis,
+    publish: Any,
+    dispatching: Any,
+    tenant: uuid.UUID,
+    uow_factory: UnitOfWorkFactory,
+    owner_engine: AsyncEngine,
+    transaction_event: Any,
+    amqp: AbstractRobustConnection,
+    names: Names,
+) -> None:
+    await activate_default_ruleset(uow_factory, tenant)
+    (event,) = await ingest(uow_factory, tenant, [alerting(transaction_event)])
+    (envelope,) = await received_envelopes(owner_engine, tenant)
+    outcomes = Counter("vigil_dispatch_messages_total", "outcome")
+
+    async with dispatching(queue):
+        await publish(envelope)
+        await eventually(lambda: _equals(outcomes.since, {"enqueued": 1}), what="enqueued")
+
+    (job,) = await queue.queued_jobs(queue_name=scoring.score_queue)
+    assert job.job_id == job_id(tenant, event)
+    assert (job.function, list(job.args)) == (
+        "score_event",
+        [str(tenant), str(event), envelope["correlationid"]],
+    )
+    assert await inbox_has(owner_engine, tenant, envelope["id"])
+    assert await waiting_in(amqp, names.dispatch) == 0
+
+    async with working(scoring):
+        await eventually(lambda: _assessed(owner_engine, tenant), what="assessed")
+    assert await effects(owner_engine, tenant) == Effects(**ONE_ALERT)
+
+
+async def test_the_same_message_delivered_twice_has_one_effect(
+    scoring: Settings,
+    queue: ArqRedis,
+    publish: Any,
+    dispatching: Any,
+    tenant: uuid.UUID,
+    uow_factory: UnitOfWorkFactory,
+    owner_engine: AsyncEngine,
+    transaction_event: Any,
+) -> None:
+    await activate_default_ruleset(uow_factory, tenant)
+    await ingest(uow_factory, tenant, [alerting(transaction_event)])
+    (envelope,) = await received_envelopes(owner_engine, tenant)
+    outcomes = Counter("vigil_dispatch_messages_total", "outcome")
+
+    async with dispatching(queue), working(scoring):
+        await publish(envelope)
+        await eventually(lambda: _assessed(owner_engine, tenant), what="assessed")
+        await publish(envelope)  # the relay published it again
+        await eventually(
+            lambda: _equals(outcomes.since, {"enqueued": 1, "duplicate": 1}), what="dropped"
+        )
+        await asyncio.sleep(0.2)  # room for a job the duplicate should not have made
+
+    assert await queued_job_ids(queue, scoring.score_queue) == []
+    assert await effects(owner_engine, tenant) == Effects(**ONE_ALERT)
+
+
+async def test_two_copies_at_once_enqueue_one_job(
+    scoring: Settings,
+    queue: ArqRedis,
+    publish: Any,
+    dispatching: Any,
+    tenant: uuid.UUID,
+    uow_factory: UnitOfWorkFactory,
+    owner_engine: AsyncEngine,
+    transaction_event: Any,
+) -> None:
+    events = await ingest(uow_factory, tenant, [transaction_event() for _ in range(20)])
+    envelopes = await received_envelopes(owner_engine, tenant)
+    outcomes = Counter("vigil_dispatch_messages_total", "outcome")
+
+    # Two dispatchers, every message twice: each copy lands on either.
+    async with dispatching(queue), dispatching(queue):
+        for envelope in envelopes:
+            await publish(envelope)
+            await publish(envelope)
+        await eventually(
+            lambda: _equals(outcomes.since, {"enqueued": 20, "duplicate": 20}), what="settled"
+        )
+
+    assert await queued_job_ids(queue, scoring.score_queue) == sorted(
+        job_id(tenant, event) for event in events
+    )
+
+
+async def test_a_message_that_is_not_an_event_received_is_dead_lettered(
+    queue: ArqRedis,
+    publish: Any,
+    dispatching: Any,
+    tenant: uuid.UUID,
+    amqp: AbstractRobustConnection,
+    names: Names,
+) -> None:
+    outcomes = Counter("vigil_dispatch_messages_total", "outcome")
+    good = {
+        "id": str(uuid.uuid4()),
+        "type": EVENT_RECEIVED,
+        "tenantid": str(tenant),
+        "data": {"eventId": str(uuid.uuid4())},
+    }
+
+    async with dispatching(queue):
+        await publish(b"{not json")
+        await publish({**good, "tenantid": "acme"})
+        await publish({**good, "data": {}})
+        await publish({**good, "id": ""})
+        await publish({**good, "type": "event.accepted"})
+        await publish(b"[" * 5000 + b"]" * 5000)
+        await eventually(lambda: _equals(outcomes.since, {"rejected": 6}), what="rejected")
+        await eventually(lambda: _count(waiting_in(amqp, names.dispatch_dead), 6), what="dead")
+
+    assert await waiting_in(amqp, names.dispatch) == 0
+
+
+async def test_while_redis_is_away_a_message_is_requeued_and_not_marked_seen(
+    settings: Settings,
+    scoring: Settings,
+    queue: ArqRedis,
+    publish: Any,
+    dispatching: Any,
+    tenant: uuid.UUID,
+    uow_factory: UnitOfWorkFactory,
+    owner_engine: AsyncEngine,
+    transaction_event: Any,
+) -> None:
+    (event,) = await ingest(uow_factory, tenant, [transaction_event()])
+    (envelope,) = await received_envelopes(owner_engine, tenant)
+    outcomes = Counter("vigil_dispatch_messages_total", "outcome")
+    nowhere = connect(scoring.model_copy(update={"redis_url": "redis://127.0.0.1:9/15"}))
+
+    try:
+        async with dispatching(nowhere):
+            await publish(envelope)
+            await eventually(lambda: _at_least(outcomes.since, "retried", 2), what="retried")
+    finally:
+        await nowhere.aclose(close_connection_pool=True)
+    # Not acknowledged, and not in the inbox: a later delivery is not taken as a copy.
+    assert not await inbox_has(owner_engine, tenant, envelope["id"])
+
+    async with dispatching(queue):
+        await eventually(lambda: _at_least(outcomes.since, "enqueued", 1), what="enqueued")
+    assert await queued_job_ids(queue, scoring.score_queue) == [job_id(tenant, event)]
+    assert await inbox_has(owner_engine, tenant, envelope["id"])
+
+
+# -- helpers ------------------------------------------------------------------------------
+
+
+async def _equals(read: Callable[[], dict[str, int]], expected: dict[str, int]) -> bool:
+    return read() == expected
+
+
+async def _at_least(read: Callable[[], dict[str, int]], name: str, count: int) -> bool:
+    return read().get(name, 0) >= count
+
+
+async def _count(value: Any, expected: int) -> bool:
+    return int(await value) == expected
+
+
+async def _assessed(owner_engine: AsyncEngine, tenant: uuid.UUID) -> bool:
+    return await assessed(owner_engine, tenant) == 1

@@ -1,0 +1,242 @@
+"""``vigil worker``: the arq worker that scores events, one job per event.
+
+The job calls :func:`services.scoring.score_event` and settles every outcome itself, so
+that arq only ever sees a result or a :class:`arq.Retry`:
+
+    assessed, already_assessed   done (a second run of an event changes nothing)
+    retried                      a transient failure (a deadlock, the database away):
+                                 run again after a back-off, up to ``worker_max_tries``
+    failed                       no active ruleset or a ruleset that does not compile
+                                 (at once), or a transient failure or a bug on every
+                                 try: the event is marked failed with its reason
+                                 (``vigil failures``) until an operator re-drives it
+                                 (``vigil redrive``)
+    event_not_found              a job naming an event that does not exist; there is no
+                                 event to mark, so it is logged and dropped
+
+Whatever no job settles is left to the reconciler, which enqueues unassessed events that
+are not marked failed again after a deadline: a failure that could not even be marked
+(the database away on the last try), and a job arq drops by itself, without calling it
+(its tries used up by workers killed or stopped mid-job, or a job older than a day).
+
+A process keeps one engine (its pool sized to the jobs it runs at once) and one cache
+of compiled rulesets for its whole life; a job only borrows a pooled connection. Results
+are not kept (``keep_result=0``), which :mod:`adapters.score_queue` relies on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any, NoReturn
+
+from arq import Retry, Worker, func
+from arq.connections import RedisSettings
+
+from adapters.cel_rules import CachedScorers
+from adapters.database import make_engine
+from adapters.logging import bind_context
+from adapters.metrics import (
+    SCORING_FAILURES,
+    SCORING_JOBS,
+    SCORING_SECONDS,
+    SCORING_WAIT_SECONDS,
+    serve_metrics,
+)
+from adapters.score_queue import SCORE_EVENT, dumps, loads
+from adapters.settings import Settings
+from adapters.unit_of_work import unit_of_work_factory
+from domain.errors import TransientFailure
+from domain.ports import UnitOfWorkFactory
+from domain.rules import InvalidRuleset
+from services.scoring import EventNotFound, NoActiveRuleset, record_failure, score_event
+from workers.inbound_consumer import Backoff
+
+log = logging.getLogger(__name__)
+
+CONNECTION_NAME = "vigil-worker"
+POLL_SECONDS = 0.1
+HEALTH_CHECK_SECONDS = 30
+_STATE = "vigil"
+_MAX_REASON = 500
+
+
+@dataclass(slots=True)
+class ScoringJobs:
+    """What every job of one worker process shares."""
+
+    uow_factory: UnitOfWorkFactory
+    scorers: CachedScorers
+    max_tries: int
+    backoff: Backoff
+
+    async def score(
+        self, tenant_id: uuid.UUID, event_id: uuid.UUID, correlation_id: str | None, job_try: int
+    ) -> str:
+        """Score one event and settle the outcome; raise only :class:`arq.Retry`."""
+        started = time.perf_counter()
+        try:
+            result = await score_event(
+                self.uow_factory, self.scorers, tenant_id, event_id, correlation_id=correlation_id
+            )
+        except TransientFailure as error:
+            return await self._retry_or_fail(
+                tenant_id, event_id, job_try, error.code, error.message
+            )
+        except EventNotFound:
+            log.error("score job for an event that does not exist")
+            SCORING_JOBS.labels("event_not_found").inc()
+            return "event_not_found"
+        except NoActiveRuleset as error:
+            return await self._fail(tenant_id, event_id, job_try, error.code, error.message)
+        except InvalidRuleset as error:
+            return await self._fail(tenant_id, event_id, job_try, error.code, str(error))
+        except Exception as error:
+            # A bug, or a driver error nobody classified: retried like a transient failure,
+            # and marked failed with its type if it never passes.
+            log.exception("scoring failed unexpectedly", extra={"job_try": job_try})
+            reason = f"{type(error).__name__}: {error}"
+            return await self._retry_or_fail(tenant_id, event_id, job_try, "INTERNAL", reason)
+
+        SCORING_JOBS.labels(result.outcome.value).inc()
+        SCORING_SECONDS.observe(time.perf_counter() - started)
+        return result.outcome.value
+
+    async def _retry_or_fail(
+        self, tenant_id: uuid.UUID, event_id: uuid.UUID, job_try: int, code: str, reason: str
+    ) -> str:
+        if job_try < self.max_tries:
+            self._retry(reason, job_try)
+        return await self._fail(
+            tenant_id, event_id, job_try, code, f"{reason} (on each of {job_try} tries)"
+        )
+
+    def _retry(self, reason: str, job_try: int) -> NoReturn:
+        delay = self.backoff.delay(job_try)
+        log.warning(
+            "scoring failed for a transient reason; will try again",
+            extra={"reason": reason, "job_try": job_try, "retry_in_seconds": round(delay, 2)},
+        )
+        SCORING_JOBS.labels("retried").inc()
+        raise Retry(defer=delay)
+
+    async def _fail(
+        self, tenant_id: uuid.UUID, event_id: uuid.UUID, job_try: int, code: str, reason: str
+    ) -> str:
+        text = f"{code}: {reason}" if not reason.startswith(code) else reason
+        text = text.splitlines()[0][:_MAX_REASON] if text else code
+        try:
+            await record_failure(self.uow_factory, tenant_id, event_id, job_try, text)
+        except Exception as error:
+            if isinstance(error, TransientFailure) and job_try < self.max_tries:
+                self._retry(f"could not mark the failure: {error.message}", job_try)
+            log.exception(
+                "could not mark the event as failed; the reconciler will enqueue it again",
+                extra={"code": code, "reason": text},
+            )
+            SCORING_JOBS.labels("unsettled").inc()
+            return "unsettled"
+        log.error("event marked as failed", extra={"code": code, "reason": text, "tries": job_try})
+        SCORING_JOBS.labels("failed").inc()
+        SCORING_FAILURES.labels(code).inc()
+        return "failed"
+
+
+async def score_event_job(
+    ctx: dict[str, Any], tenant_id: str, event_id: str, correlation_id: str | None = None
+) -> str:
+    """The arq job ``score_event``."""
+    jobs: ScoringJobs = ctx[_STATE]
+    SCORING_WAIT_SECONDS.observe(max(0.0, time.time() - ctx["score"] / 1000))
+    with bind_context(
+        tenant_id=tenant_id,
+        event_id=event_id,
+        correlation_id=correlation_id,
+        job_id=ctx["job_id"],
+    ):
+        try:
+            tenant, event = uuid.UUID(tenant_id), uuid.UUID(event_id)
+        except (TypeError, ValueError):
+            log.error("score job with malformed ids dropped")
+            SCORING_JOBS.labels("invalid").inc()
+            return "invalid"
+        return await jobs.score(tenant, event, correlation_id, int(ctx["job_try"]))
+
+
+def create_worker(settings: Settings, **overrides: Any) -> Worker:
+    """The arq worker, configured from settings; ``overrides`` are :class:`arq.Worker`
+    arguments (tests run it in burst mode, without signal handlers)."""
+
+    async def startup(ctx: dict[str, Any]) -> None:
+        engine = make_engine(
+            settings.database_url,
+            pool_size=settings.worker_concurrency,
+            application_name=CONNECTION_NAME,
+        )
+        ctx["engine"] = engine
+        ctx[_STATE] = ScoringJobs(
+            unit_of_work_factory(engine),
+            CachedScorers(),
+            settings.worker_max_tries,
+            Backoff(first_seconds=settings.worker_retry_seconds, max_seconds=60.0),
+        )
+        log.info(
+            "scoring worker ready",
+            extra={"queue": settings.score_queue, "concurrency": settings.worker_concurrency},
+        )
+
+    async def shutdown(ctx: dict[str, Any]) -> None:
+        engine = ctx.pop("engine", None)
+        if engine is not None:
+            await engine.dispose()
+
+    options: dict[str, Any] = {
+        "functions": [
+            func(
+                score_event_job,
+                name=SCORE_EVENT,
+                keep_result=0,
+                timeout=settings.worker_job_timeout_seconds,
+                max_tries=settings.worker_max_tries,
+            )
+        ],
+        "queue_name": settings.score_queue,
+        "redis_settings": RedisSettings.from_dsn(settings.redis_url),
+        "on_startup": startup,
+        "on_shutdown": shutdown,
+        "max_jobs": settings.worker_concurrency,
+        "job_timeout": settings.worker_job_timeout_seconds,
+        # Also covers a job that arq itself gives up on (see adapters.score_queue).
+        "keep_result": 0,
+        "max_tries": settings.worker_max_tries,
+        "poll_delay": POLL_SECONDS,
+        "job_completion_wait": settings.worker_stop_grace_seconds,
+        "health_check_interval": HEALTH_CHECK_SECONDS,
+        "job_serializer": dumps,
+        "job_deserializer": loads,
+        "log_results": False,
+    }
+    return Worker(**{**options, **overrides})
+
+
+async def run(settings: Settings) -> None:
+    """Run until SIGTERM or SIGINT. arq then stops taking jobs, gives those in hand
+    ``worker_stop_grace_seconds`` to finish, and cancels the rest, which stay queued
+    (their transactions roll back) and run again on another worker."""
+    if logging.getLogger().level > logging.DEBUG:
+        # arq logs two lines per job; at hundreds of jobs a second that is the bulk of
+        # the process's work. Warnings (a job that expired, a lost function) still show.
+        logging.getLogger("arq").setLevel(logging.WARNING)
+    serve_metrics(settings.worker_metrics_port, settings.metrics_host)
+    worker = create_worker(settings)
+    try:
+        await worker.async_run()
+    except asyncio.CancelledError:
+        # How arq ends its main task on a signal: a normal stop.
+        pass
+    finally:
+        await worker.close()
+    log.info("scoring worker stopped")
