@@ -39,64 +39,25 @@ def _token(args: argparse.Namespace) -> int:
     settings = get_settings()
     roles = [Role(role) for role in args.roles.split(",") if role]
     tenant_id = uuid.UUID(args.tenant) if _is_uuid(args.tenant) else _tenant_by_slug(args.tenant)
-    print(
-        mint_token(
+    try:
+        token = mint_token(
             settings,
             subject=args.subject,
             tenant_id=tenant_id,
             roles=roles,
             lifetime=timedelta(minutes=args.minutes),
         )
-    )
+    except ValueError as error:
+        raise SystemExit(f"vigil token: {error}") from error
+    print(token)
     return 0
 
 
 def _tenant(args: argparse.Namespace) -> int:
-    from adapters.database import make_engine
-    from adapters.tenants import create_tenant, find_tenant
+    from vigil.provisioning import provision_tenant
 
-    async def run() -> uuid.UUID:
-        engine = make_engine(get_settings().owner_database_url, pool_size=1)
-        try:
-            existing = await find_tenant(engine, args.slug)
-            tenant_id = existing or await create_tenant(engine, args.slug, args.name or args.slug)
-        finally:
-            await engine.dispose()
-        # A new tenant scores with the default ruleset until it installs its own.
-        await _install_default_ruleset(tenant_id)
-        return tenant_id
-
-    print(asyncio.run(run()))
+    print(asyncio.run(provision_tenant(get_settings(), args.slug, args.name or args.slug)))
     return 0
-
-
-async def _install_default_ruleset(tenant_id: uuid.UUID) -> None:
-    """Install and activate the default ruleset when the tenant has no ruleset at all."""
-    from domain.default_ruleset import DEFAULT_RULESET
-    from services.scoring import install_ruleset
-
-    async def install(uow_factory: Any, scorers: Any) -> None:
-        async with uow_factory(tenant_id) as uow:
-            if await uow.scoring.latest_version() > 0:
-                return
-        _ = await install_ruleset(
-            uow_factory, scorers, tenant_id, DEFAULT_RULESET, "operator", activate=True
-        )
-
-    await _with_rulesets(install)
-
-
-async def _with_rulesets(operation: Any) -> Any:
-    """Run ``operation(uow_factory, scorers)`` with the application role's engine."""
-    from adapters.cel_rules import CachedScorers
-    from adapters.database import make_engine
-    from adapters.unit_of_work import unit_of_work_factory
-
-    engine = make_engine(get_settings().database_url, pool_size=1)
-    try:
-        return await operation(unit_of_work_factory(engine), CachedScorers())
-    finally:
-        await engine.dispose()
 
 
 def _tenant_by_slug(slug: str) -> uuid.UUID:
@@ -168,6 +129,7 @@ def _ruleset(args: argparse.Namespace) -> int:
     from domain.default_ruleset import DEFAULT_RULESET
     from domain.rules import InvalidRuleset
     from services.scoring import install_ruleset
+    from vigil.provisioning import with_rulesets
 
     tenant_id = _tenant_id(args.tenant)
     if args.file is None:
@@ -184,7 +146,7 @@ def _ruleset(args: argparse.Namespace) -> int:
         )
 
     try:
-        version = asyncio.run(_with_rulesets(install))
+        version = asyncio.run(with_rulesets(get_settings(), install))
     except InvalidRuleset as error:
         print(f"the ruleset is not valid: {error}", file=sys.stderr)
         return 2

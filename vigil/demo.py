@@ -1,10 +1,11 @@
 """``vigil demo``: start the processes and send real transfers through both doors.
 
-It creates (or reuses) the tenant ``demo``, starts the relay, the inbound consumer and the
-portal, sends the first transfers of the AMLSim sample bank through the GraphQL mutation
-and a few as CloudEvents through the inbound queue, sends one batch again to show that
-it is answered as duplicates, waits until the outbox has been published, verifies the
-audit chain and prints what happened.
+It creates (or reuses) the tenant ``demo`` with the default ruleset, starts the relay,
+the inbound consumer, the dispatcher, a scoring worker and the portal, sends the first
+transfers of the AMLSim sample bank through the GraphQL mutation and a few as
+CloudEvents through the inbound queue, sends one batch again to show that it is
+answered as duplicates, waits until every event is assessed, verifies the audit chain
+and prints what happened: assessments by band, alerts by typology, cases opened.
 """
 
 from __future__ import annotations
@@ -27,9 +28,9 @@ from adapters.auth import Role, mint_token
 from adapters.broker import Names, declare_topology
 from adapters.database import make_engine
 from adapters.settings import Settings, get_settings
-from adapters.tenants import create_tenant, find_tenant
 from vigil import amlsim
 from vigil.processes import Processes, child_environment, wait_until_ready
+from vigil.provisioning import provision_tenant
 
 MUTATION = """
 mutation Ingest($input: IngestEventsInput!) {
@@ -57,9 +58,8 @@ def run(args: argparse.Namespace) -> int:
 
     processes = Processes(child_environment(), Path(".cache/demo-logs"))
     try:
-        processes.start("relay")
-        processes.start("inbound")
-        processes.start("portal")
+        for command in ("relay", "inbound", "dispatcher", "worker", "portal"):
+            processes.start(command)
         wait_until_ready(f"{base}/health/ready")
         print(f"portal ready at {base}/graphql; tenant demo = {tenant_id}")
 
@@ -87,11 +87,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 async def _tenant(settings: Settings) -> uuid.UUID:
-    engine = make_engine(settings.owner_database_url, pool_size=1)
-    try:
-        return await find_tenant(engine, "demo") or await create_tenant(engine, "demo", "Demo bank")
-    finally:
-        await engine.dispose()
+    return await provision_tenant(settings, "demo", "Demo bank")
 
 
 def _send_graphql(base: str, token: str, events: list[dict[str, Any]]) -> dict[str, int]:
@@ -145,27 +141,47 @@ async def _send_queue(
             )
 
 
+PROGRESS = text(
+    "SELECT (SELECT count(*) FROM events WHERE tenant_id = :t) AS events,"
+    " (SELECT count(*) FROM assessments WHERE tenant_id = :t) AS assessed,"
+    " (SELECT count(*) FROM scoring_failures WHERE tenant_id = :t) AS failed,"
+    " (SELECT count(*) FROM outbox WHERE tenant_id = :t AND published_at IS NULL) AS pending,"
+    " (SELECT count(*) FROM outbox WHERE tenant_id = :t) AS messages"
+)
+BANDS = text(
+    "SELECT band, count(*) AS n FROM assessments WHERE tenant_id = :t GROUP BY band ORDER BY band"
+)
+TYPOLOGIES = text(
+    "SELECT typology, count(*) AS n FROM alerts, unnest(typologies) AS typology"
+    " WHERE tenant_id = :t GROUP BY typology ORDER BY n DESC"
+)
+CASES = text("SELECT count(*) FROM cases WHERE tenant_id = :t")
+
+
 async def _wait_and_summarise(settings: Settings, tenant_id: uuid.UUID, expected: int) -> list[str]:
     engine = make_engine(settings.owner_database_url, pool_size=1)
-    query = text(
-        "SELECT (SELECT count(*) FROM events WHERE tenant_id = :t) AS events,"
-        " (SELECT count(*) FROM outbox WHERE tenant_id = :t AND published_at IS NULL) AS pending,"
-        " (SELECT count(*) FROM outbox WHERE tenant_id = :t) AS messages"
-    )
-    deadline = time.monotonic() + timedelta(minutes=2).total_seconds()
+    deadline = time.monotonic() + timedelta(minutes=5).total_seconds()
     try:
         while True:
             async with engine.connect() as connection:
-                row = (await connection.execute(query, {"t": tenant_id})).one()
-            if (row.events >= expected and row.pending == 0) or time.monotonic() > deadline:
+                row = (await connection.execute(PROGRESS, {"t": tenant_id})).one()
+            done = row.events >= expected and row.assessed + row.failed >= row.events
+            if (done and row.pending == 0) or time.monotonic() > deadline:
                 break
             await asyncio.sleep(0.5)
         async with engine.connect() as connection:
             chained = await verify(connection, tenant_id)
+            bands = (await connection.execute(BANDS, {"t": tenant_id})).all()
+            typologies = (await connection.execute(TYPOLOGIES, {"t": tenant_id})).all()
+            cases = (await connection.execute(CASES, {"t": tenant_id})).scalar_one()
     finally:
         await engine.dispose()
     return [
         f"events stored: {row.events} (of {expected} sent)",
+        f"assessed: {row.assessed}, failed: {row.failed}",
+        "assessments by band: " + ", ".join(f"{b.band} {b.n}" for b in bands),
+        "alerts by typology: " + (", ".join(f"{t.typology} {t.n}" for t in typologies) or "none"),
+        f"cases: {cases}",
         f"messages published: {row.messages - row.pending} of {row.messages}",
         f"audit chain verified: {chained} records",
     ]
