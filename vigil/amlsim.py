@@ -8,6 +8,7 @@ simulation step is a day counted from :data:`START`; a value is an amount in
 from __future__ import annotations
 
 import csv
+import os
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -18,7 +19,12 @@ START = datetime(2025, 1, 1, tzinfo=UTC)
 CURRENCY = "EUR"
 COUNTRY = "NL"
 REPO = Path(__file__).resolve().parent.parent
-DEFAULT_DATA = REPO.parent / "shared" / "data" / "amlsim"
+
+
+def default_data() -> Path:
+    """``VIGIL_DEMO_DATA`` if set, else ``shared/data/amlsim`` beside the repository."""
+    configured = os.environ.get("VIGIL_DEMO_DATA")
+    return Path(configured) if configured else REPO.parent / "shared" / "data" / "amlsim"
 
 
 def account(node_id: str) -> str:

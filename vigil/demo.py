@@ -47,9 +47,9 @@ mutation Ingest($input: IngestEventsInput!) {
 
 def run(args: argparse.Namespace) -> int:
     settings = get_settings()
-    data: Path = args.data or amlsim.DEFAULT_DATA
+    data: Path = args.data or amlsim.default_data()
     if not (data / "transactions.csv").exists():
-        raise SystemExit(f"no transactions.csv in {data}: pass --data")
+        raise SystemExit(f"no transactions.csv in {data}: pass --data DIR or set VIGIL_DEMO_DATA")
     tenant_id = asyncio.run(_tenant(settings))
     token = mint_token(
         settings, subject="demo-integration", tenant_id=tenant_id, roles=[Role.INGEST]
