@@ -3,8 +3,12 @@ it, and the ports through which a scorer and the scoring storage are reached.
 
 The context is a plain mapping that CEL conditions read (see ``domain.rules``):
 ``event`` (the transaction's facts, money in integer minor units), and ``originator``
-and ``beneficiary`` (each subject's attributes and its history features as of the
-event's own time, so that replaying history gives the same context).
+and ``beneficiary``: each subject's history features as of the event's own time, and
+its attributes (risk rating, PEP, sanctions hit) as known when the event is scored. A
+sanctions hit reported after a transfer but before it is scored therefore counts, which
+is what a compliance officer wants. Each assessment stores the whole context it was
+scored on, so replaying an assessment re-evaluates that stored context and gives the
+same result whatever the subject's attributes have become since.
 """
 
 from __future__ import annotations
