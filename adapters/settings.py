@@ -38,6 +38,7 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024)
 
     relay_batch_size: int = Field(200, ge=1, le=5000)
+    relay_concurrency: int = Field(2, ge=1, le=16)
     relay_poll_seconds: float = Field(1.0, gt=0, le=60)
     relay_publish_timeout_seconds: float = Field(5.0, gt=0, le=120)
     relay_max_attempts: int = Field(10, ge=1, le=1000)

@@ -208,8 +208,14 @@ class Relay:
 async def run(settings: Settings) -> None:
     """The ``vigil relay`` process."""
     serve_metrics(settings.relay_metrics_port)
-    engine = make_engine(settings.relay_database_url, pool_size=2, application_name="vigil-relay")
-    relay = Relay.from_settings(settings, engine)
+    workers = settings.relay_concurrency
+    engine = make_engine(
+        settings.relay_database_url, pool_size=workers + 1, application_name="vigil-relay"
+    )
+    # Several claim loops, each with its own channel: while one waits for the broker's
+    # confirms, another claims or commits. Head-of-subject claiming keeps them in order.
+    relays = [Relay.from_settings(settings, engine) for _ in range(workers)]
+    relay = relays[0]
     wakeup = Wakeup(plain_url(settings.relay_database_url))
     stop = asyncio.Event()
     _stop_on_signals(stop, wakeup)
@@ -224,16 +230,20 @@ async def run(settings: Settings) -> None:
         extra={
             "exchange": Names(settings.amqp_prefix).events_exchange,
             "batch_size": settings.relay_batch_size,
+            "concurrency": workers,
             "poll_seconds": settings.relay_poll_seconds,
         },
     )
     try:
-        await _work(relay, wakeup, stop, settings.relay_poll_seconds)
+        _ = await asyncio.gather(
+            *(_work(each, wakeup, stop, settings.relay_poll_seconds) for each in relays)
+        )
     finally:
         for chore in chores:
             chore.cancel()
         _ = await asyncio.gather(*chores, return_exceptions=True)
-        await relay.close()
+        for each in relays:
+            await each.close()
         await engine.dispose()
         log.info("relay stopped")
 
