@@ -26,7 +26,7 @@ from adapters.broker import Names, declare_topology, delete_topology  # noqa: E4
 from adapters.database import make_engine  # noqa: E402
 from adapters.settings import get_settings  # noqa: E402
 from adapters.tenants import create_tenant  # noqa: E402
-from bench import ingest, relay  # noqa: E402
+from bench import ingest, relay, scoring  # noqa: E402
 from vigil.processes import Processes, child_environment, wait_until_ready  # noqa: E402
 
 HEADER = ["what", "Vigil", "raw baseline", "ratio"]
@@ -89,6 +89,7 @@ def main() -> int:
         rows += asyncio.run(ingest.compare(settings, tenant_id, f"http://127.0.0.1:{port}"))
         processes.stop()
         rows += asyncio.run(relay.compare(settings, tenant_id))
+        rows += asyncio.run(scoring.compare(settings, tenant_id))
     finally:
         processes.stop()
         asyncio.run(_teardown())
