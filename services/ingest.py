@@ -89,16 +89,37 @@ async def ingest_events(
     return [results[index] for index in range(len(raw_events))]
 
 
+class _SeenBefore(Exception):
+    """A key of the batch was stored before: answer the batch on the checked path."""
+
+
 async def _store(
     uow_factory: UnitOfWorkFactory,
     caller: Caller,
     drafts: dict[int, EventDraft],
     now: datetime,
 ) -> dict[int, IngestResult]:
+    """Store the batch assuming every key is new, the usual case, which saves looking
+    the keys up first; if one was seen before, the transaction is rolled back (so a
+    conflicting payload touches nothing) and the batch is answered after a look-up."""
+    try:
+        return await _store_checked(uow_factory, caller, drafts, now, look_up=False)
+    except _SeenBefore:
+        return await _store_checked(uow_factory, caller, drafts, now, look_up=True)
+
+
+async def _store_checked(
+    uow_factory: UnitOfWorkFactory,
+    caller: Caller,
+    drafts: dict[int, EventDraft],
+    now: datetime,
+    *,
+    look_up: bool,
+) -> dict[int, IngestResult]:
     results: dict[int, IngestResult] = {}
     async with uow_factory(caller.tenant_id) as uow:
         keys = sorted({draft.idempotency_key for draft in drafts.values()})
-        originals = await uow.events.find_by_keys(keys)
+        originals = await uow.events.find_by_keys(keys) if look_up else {}
 
         fresh: dict[str, tuple[int, EventDraft]] = {}
         repeats: list[tuple[int, EventDraft]] = []
@@ -109,7 +130,9 @@ async def _store(
             else:
                 fresh[key] = (index, draft)
 
-        new_events = await _write(uow, caller, [draft for _, draft in fresh.values()], now)
+        new_events = await _write(
+            uow, caller, [draft for _, draft in fresh.values()], now, looked_up=look_up
+        )
         for event in new_events:
             key = event.draft.idempotency_key
             originals[key] = KnownEvent(event.event_id, event.draft.payload_hash)
@@ -132,7 +155,7 @@ async def _store(
 
 
 async def _write(
-    uow: UnitOfWork, caller: Caller, drafts: list[EventDraft], now: datetime
+    uow: UnitOfWork, caller: Caller, drafts: list[EventDraft], now: datetime, *, looked_up: bool
 ) -> list[NewEvent]:
     if not drafts:
         return []
@@ -154,6 +177,8 @@ async def _write(
     ]
     inserted = await uow.events.insert(new_events)
     if len(inserted) != len(new_events):
+        if not looked_up:
+            raise _SeenBefore
         # Another transaction stored one of these keys after we looked: start again, and
         # the look-up will then answer it as a duplicate or a conflict.
         raise TransientFailure("an idempotency key was stored concurrently")
