@@ -49,7 +49,7 @@ from aio_pika.abc import (
 from arq.connections import ArqRedis
 
 from adapters import bounded_json
-from adapters.broker import Names, connect, declare_topology
+from adapters.broker import Names, declare_topology
 from adapters.database import make_engine
 from adapters.logging import bind_context
 from adapters.metrics import DISPATCH_MESSAGES, serve_metrics
@@ -60,6 +60,7 @@ from adapters.unit_of_work import unit_of_work_factory
 from domain.errors import TransientFailure
 from domain.messages import EVENT_RECEIVED
 from domain.ports import UnitOfWorkFactory
+from workers.broker_wait import connect_when_up
 from workers.envelope import valid_correlation_id
 from workers.inbound_consumer import Backoff
 from workers.reconciler import Reconciler
@@ -320,7 +321,7 @@ async def run(settings: Settings) -> None:
     reconciler = Reconciler.from_settings(settings, engine, redis)
     reconciling = asyncio.create_task(reconciler.run(stop), name="reconcile")
     try:
-        connection = await _connect(settings, stop)
+        connection = await connect_when_up(settings, stop, name=CONNECTION_NAME)
         if connection is None:
             return
         try:
@@ -362,27 +363,3 @@ async def _consume(
         log.info("stopping: finishing the messages in hand")
     finally:
         await dispatcher.stop()
-
-
-async def _connect(settings: Settings, stop: asyncio.Event) -> AbstractRobustConnection | None:
-    """Connect, waiting for the broker if it is not up yet; None if told to stop first.
-    Once connected, the robust connection reconnects by itself."""
-    backoff = Backoff(first_seconds=1.0, max_seconds=30.0)
-    attempt = 1
-    while not stop.is_set():
-        try:
-            return await connect(settings.amqp_url.get_secret_value(), name=CONNECTION_NAME)
-        except (ConnectionError, OSError) as error:
-            delay = backoff.delay(attempt)
-            log.warning(
-                "the broker is not reachable yet",
-                extra={
-                    "attempt": attempt,
-                    "retry_in_seconds": round(delay, 1),
-                    "error": str(error),
-                },
-            )
-            with suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=delay)
-            attempt += 1
-    return None

@@ -14,13 +14,14 @@ import signal
 
 from aio_pika.abc import AbstractRobustConnection
 
-from adapters.broker import Names, connect
+from adapters.broker import Names
 from adapters.database import make_engine
 from adapters.metrics import serve_metrics
 from adapters.settings import Settings
 from adapters.unit_of_work import unit_of_work_factory
 from domain.ports import UnitOfWorkFactory
-from workers.inbound_consumer import Backoff, InboundConsumer
+from workers.broker_wait import connect_when_up
+from workers.inbound_consumer import InboundConsumer
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +38,7 @@ async def run(settings: Settings) -> None:
         application_name=CONNECTION_NAME,
     )
     try:
-        connection = await _connect(settings, stop)
+        connection = await connect_when_up(settings, stop, name=CONNECTION_NAME)
         if connection is None:
             return
         try:
@@ -70,31 +71,6 @@ async def _consume(
         log.info("stopping: finishing the messages in hand")
     finally:
         await consumer.stop()
-
-
-async def _connect(settings: Settings, stop: asyncio.Event) -> AbstractRobustConnection | None:
-    """Connect, waiting for the broker if it is not up yet; None if told to stop first.
-    Once connected, the robust connection reconnects by itself."""
-    backoff = Backoff(first_seconds=1.0, max_seconds=30.0)
-    attempt = 1
-    while not stop.is_set():
-        try:
-            return await connect(settings.amqp_url.get_secret_value(), name=CONNECTION_NAME)
-        except (ConnectionError, OSError) as error:
-            delay = backoff.delay(attempt)
-            log.warning(
-                "the broker is not reachable yet",
-                extra={
-                    "attempt": attempt,
-                    "retry_in_seconds": round(delay, 1),
-                    "error": str(error),
-                },
-            )
-            try:
-                await asyncio.wait_for(stop.wait(), timeout=delay)
-            except TimeoutError:
-                attempt += 1
-    return None
 
 
 def _stop_on_signals() -> asyncio.Event:
