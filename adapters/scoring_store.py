@@ -16,7 +16,17 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import ColumnElement, Executable, delete, exists, func, select, text, update
+from sqlalchemy import (
+    BindParameter,
+    Executable,
+    bindparam,
+    delete,
+    exists,
+    func,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -33,6 +43,139 @@ _events = tables.events
 _rulesets = tables.rulesets
 _assessments = tables.assessments
 _cases = tables.cases
+_failures = tables.scoring_failures
+
+# Statements are built once and executed with parameters, so that SQLAlchemy caches
+# their compiled form; a statement built per call is compiled anew every time, which
+# cost more CPU than anything else a scored event does in Python.
+_TENANT: BindParameter[uuid.UUID] = bindparam("tenant_id")
+_EVENT: BindParameter[uuid.UUID] = bindparam("event_id")
+_VERSION: BindParameter[int] = bindparam("version")
+# An UPDATE takes a parameter named after a column of its table as a value to SET, so
+# its WHERE parameters have names of their own.
+_WHERE_TENANT: BindParameter[uuid.UUID] = bindparam("where_tenant_id")
+_WHERE_VERSION: BindParameter[int] = bindparam("where_version")
+
+_subject = tables.subjects.alias("subject")
+_counterparty = tables.subjects.alias("counterparty")
+_LOAD_EVENT = (
+    select(
+        _events.c.event_id,
+        _events.c.event_type,
+        _events.c.occurred_at,
+        _events.c.subject_id,
+        _events.c.counterparty_id,
+        _events.c.amount,
+        _events.c.currency,
+        _events.c.payload,
+        _subject.c.attributes.label("subject_attributes"),
+        _counterparty.c.attributes.label("counterparty_attributes"),
+        # Whether a scoring failure is recorded, so that scoring clears it only then.
+        exists()
+        .where(_failures.c.tenant_id == _TENANT, _failures.c.event_id == _EVENT)
+        .label("scoring_failed"),
+    )
+    .join(
+        _subject,
+        (_subject.c.tenant_id == _events.c.tenant_id)
+        & (_subject.c.subject_id == _events.c.subject_id),
+    )
+    .outerjoin(
+        _counterparty,
+        (_counterparty.c.tenant_id == _events.c.tenant_id)
+        & (_counterparty.c.subject_id == _events.c.counterparty_id),
+    )
+    .where(_events.c.tenant_id == _TENANT, _events.c.event_id == _EVENT)
+)
+
+_RULESET_COLUMNS = select(_rulesets.c.version, _rulesets.c.document, _rulesets.c.document_hash)
+_ACTIVE_RULESET = _RULESET_COLUMNS.where(
+    _rulesets.c.tenant_id == _TENANT, _rulesets.c.status == "active"
+)
+_RULESET = _RULESET_COLUMNS.where(_rulesets.c.tenant_id == _TENANT, _rulesets.c.version == _VERSION)
+_LATEST_VERSION = select(func.coalesce(func.max(_rulesets.c.version), 0)).where(
+    _rulesets.c.tenant_id == _TENANT
+)
+# Executed with the row's columns as parameters, as ingest's inserts are.
+_ADD_RULESET = insert(_rulesets).on_conflict_do_nothing().returning(_rulesets.c.version)
+_LOCK_RULESETS = (
+    select(_rulesets.c.version).where(_rulesets.c.tenant_id == _TENANT).with_for_update()
+)
+_RETIRE_OTHERS = (
+    update(_rulesets)
+    .where(
+        _rulesets.c.tenant_id == _WHERE_TENANT,
+        _rulesets.c.status == "active",
+        _rulesets.c.version != _WHERE_VERSION,
+    )
+    .values(status="retired")
+)
+_ACTIVATE = (
+    update(_rulesets)
+    .where(_rulesets.c.tenant_id == _WHERE_TENANT, _rulesets.c.version == _WHERE_VERSION)
+    .values(
+        status="active",
+        activated_at=func.now(),
+        activated_by=bindparam("actor", type_=_rulesets.c.activated_by.type),
+    )
+    .returning(_rulesets.c.version)
+)
+
+_HAS_ASSESSMENT = select(
+    exists().where(
+        _assessments.c.tenant_id == _TENANT,
+        _assessments.c.event_id == _EVENT,
+        _assessments.c.ruleset_version == _VERSION,
+    )
+)
+_ADD_ASSESSMENT = (
+    insert(_assessments)
+    .on_conflict_do_nothing(index_elements=["tenant_id", "event_id", "ruleset_version"])
+    .returning(_assessments.c.assessment_id)
+)
+_ADD_ALERT = insert(tables.alerts)
+
+_OPEN_CASE = (
+    select(_cases)
+    .where(
+        _cases.c.tenant_id == _TENANT,
+        _cases.c.subject_id == bindparam("subject_id"),
+        _cases.c.status != CaseStatus.CLOSED.value,
+    )
+    .with_for_update()
+)
+_ADD_CASE = (
+    insert(_cases)
+    # The arbiter is the partial unique index: one case per subject not closed.
+    .on_conflict_do_nothing(
+        index_elements=["tenant_id", "subject_id"],
+        index_where=text("status <> 'closed'"),
+    )
+    .returning(_cases.c.case_id)
+)
+_SAVE_CASE = (
+    update(_cases)
+    .where(_cases.c.tenant_id == _WHERE_TENANT, _cases.c.case_id == bindparam("where_case_id"))
+    .values(
+        {
+            column: bindparam(f"new_{column}", type_=_cases.c[column].type)
+            for column in ("band", "priority", "sla_due_at", "alert_count", "version", "updated_at")
+        }
+    )
+)
+
+_FAILURE_ROWS = insert(_failures)
+_RECORD_FAILURE = _FAILURE_ROWS.on_conflict_do_update(
+    index_elements=["tenant_id", "event_id"],
+    set_={
+        "attempts": _FAILURE_ROWS.excluded.attempts,
+        "reason": _FAILURE_ROWS.excluded.reason,
+        "failed_at": func.now(),
+    },
+)
+_CLEAR_FAILURE = delete(_failures).where(
+    _failures.c.tenant_id == _TENANT, _failures.c.event_id == _EVENT
+)
 
 
 def explanation_document(evaluation: Evaluation) -> dict[str, Any]:
@@ -67,34 +210,7 @@ class SqlScoringStore:
     # -- events and features ---------------------------------------------------------
 
     async def load_event(self, event_id: uuid.UUID) -> StoredEvent | None:
-        subject = tables.subjects.alias("subject")
-        counterparty = tables.subjects.alias("counterparty")
-        query = (
-            select(
-                _events.c.event_id,
-                _events.c.event_type,
-                _events.c.occurred_at,
-                _events.c.subject_id,
-                _events.c.counterparty_id,
-                _events.c.amount,
-                _events.c.currency,
-                _events.c.payload,
-                subject.c.attributes.label("subject_attributes"),
-                counterparty.c.attributes.label("counterparty_attributes"),
-            )
-            .join(
-                subject,
-                (subject.c.tenant_id == _events.c.tenant_id)
-                & (subject.c.subject_id == _events.c.subject_id),
-            )
-            .outerjoin(
-                counterparty,
-                (counterparty.c.tenant_id == _events.c.tenant_id)
-                & (counterparty.c.subject_id == _events.c.counterparty_id),
-            )
-            .where(_events.c.tenant_id == self._tenant_id, _events.c.event_id == event_id)
-        )
-        row = await self._first(query)
+        row = await self._first(_LOAD_EVENT, event_id=event_id)
         if row is None:
             return None
         currency = row.currency.strip() if row.currency is not None else None
@@ -113,6 +229,7 @@ class SqlScoringStore:
             payload=row.payload,
             subject_attributes=row.subject_attributes or {},
             counterparty_attributes=row.counterparty_attributes or {},
+            scoring_failed=bool(row.scoring_failed),
         )
 
     async def features(self, event: StoredEvent, ruleset: Ruleset) -> tuple[Features, Features]:
@@ -121,29 +238,24 @@ class SqlScoringStore:
     # -- rulesets ----------------------------------------------------------------------
 
     async def active_ruleset(self) -> StoredRuleset | None:
-        return await self._ruleset(_rulesets.c.status == "active")
+        return _stored_ruleset(await self._first(_ACTIVE_RULESET))
 
     async def ruleset(self, version: int) -> StoredRuleset | None:
-        return await self._ruleset(_rulesets.c.version == version)
+        return _stored_ruleset(await self._first(_RULESET, version=version))
 
     async def latest_version(self) -> int:
-        query = select(func.coalesce(func.max(_rulesets.c.version), 0)).where(
-            _rulesets.c.tenant_id == self._tenant_id
-        )
         with translate_errors():
-            return int((await self._connection.execute(query)).scalar_one())
+            result = await self._connection.execute(_LATEST_VERSION, {"tenant_id": self._tenant_id})
+            return int(result.scalar_one())
 
     async def add_ruleset(self, ruleset: StoredRuleset, actor: str) -> None:
-        statement = insert(_rulesets).values(
-            tenant_id=self._tenant_id,
+        inserted = await self._first(
+            _ADD_RULESET,
             version=ruleset.version,
             document=dict(ruleset.document),
             document_hash=ruleset.document_hash,
             status="validated",
             created_by=actor,
-        )
-        inserted = await self._first(
-            statement.on_conflict_do_nothing().returning(_rulesets.c.version)
         )
         if inserted is None:
             # Two installs computed the same next version: the service starts again.
@@ -152,78 +264,43 @@ class SqlScoringStore:
     async def activate(self, version: int, actor: str) -> None:
         # Lock the tenant's versions first: a concurrent activation waits here and then
         # sees this one's outcome, instead of both retiring the same predecessor.
-        await self._execute(
-            select(_rulesets.c.version)
-            .where(_rulesets.c.tenant_id == self._tenant_id)
-            .with_for_update()
-        )
+        await self._execute(_LOCK_RULESETS)
         # Retire before activating: the one-active index is checked row by row.
-        await self._execute(
-            update(_rulesets)
-            .where(
-                _rulesets.c.tenant_id == self._tenant_id,
-                _rulesets.c.status == "active",
-                _rulesets.c.version != version,
-            )
-            .values(status="retired")
-        )
-        with translate_errors():
-            result = await self._connection.execute(
-                update(_rulesets)
-                .where(_rulesets.c.tenant_id == self._tenant_id, _rulesets.c.version == version)
-                .values(status="active", activated_at=func.now(), activated_by=actor)
-                .returning(_rulesets.c.version)
-            )
-        if result.first() is None:
+        where = {"where_tenant_id": self._tenant_id, "where_version": version}
+        await self._update(_RETIRE_OTHERS, where)
+        if await self._update(_ACTIVATE, where | {"actor": actor}) is None:
             raise LookupError(f"no ruleset version {version}")
-
-    async def _ruleset(self, condition: ColumnElement[bool]) -> StoredRuleset | None:
-        query = select(_rulesets.c.version, _rulesets.c.document, _rulesets.c.document_hash).where(
-            _rulesets.c.tenant_id == self._tenant_id, condition
-        )
-        row = await self._first(query)
-        if row is None:
-            return None
-        return StoredRuleset(row.version, row.document, bytes(row.document_hash))
 
     # -- assessments and alerts --------------------------------------------------------
 
     async def has_assessment(self, event_id: uuid.UUID, ruleset_version: int) -> bool:
-        query = select(
-            exists().where(
-                _assessments.c.tenant_id == self._tenant_id,
-                _assessments.c.event_id == event_id,
-                _assessments.c.ruleset_version == ruleset_version,
-            )
-        )
         with translate_errors():
-            return bool((await self._connection.execute(query)).scalar_one())
+            result = await self._connection.execute(
+                _HAS_ASSESSMENT,
+                {"tenant_id": self._tenant_id, "event_id": event_id, "version": ruleset_version},
+            )
+            return bool(result.scalar_one())
 
     async def add_assessment(self, record: AssessmentRecord) -> bool:
         evaluation = record.evaluation
-        statement = (
-            insert(_assessments)
-            .values(
-                tenant_id=self._tenant_id,
-                assessment_id=record.assessment_id,
-                event_id=record.event_id,
-                ruleset_version=record.ruleset_version,
-                scorer=record.scorer,
-                score=evaluation.score,
-                band=evaluation.band.value,
-                alert=evaluation.alert,
-                explanation=explanation_document(evaluation),
-                context=_plain(record.context),
-                scored_at=record.scored_at,
-            )
-            .on_conflict_do_nothing(index_elements=["tenant_id", "event_id", "ruleset_version"])
-            .returning(_assessments.c.assessment_id)
+        inserted = await self._first(
+            _ADD_ASSESSMENT,
+            assessment_id=record.assessment_id,
+            event_id=record.event_id,
+            ruleset_version=record.ruleset_version,
+            scorer=record.scorer,
+            score=evaluation.score,
+            band=evaluation.band.value,
+            alert=evaluation.alert,
+            explanation=explanation_document(evaluation),
+            context=_plain(record.context),
+            scored_at=record.scored_at,
         )
-        return await self._first(statement) is not None
+        return inserted is not None
 
     async def add_alert(self, alert: AlertRecord) -> None:
-        statement = insert(tables.alerts).values(
-            tenant_id=self._tenant_id,
+        await self._execute(
+            _ADD_ALERT,
             alert_id=alert.alert_id,
             assessment_id=alert.assessment_id,
             event_id=alert.event_id,
@@ -234,21 +311,11 @@ class SqlScoringStore:
             typologies=list(alert.typologies),
             created_at=alert.created_at,
         )
-        await self._execute(statement)
 
     # -- cases -------------------------------------------------------------------------
 
     async def open_case(self, subject_id: uuid.UUID) -> Case | None:
-        query = (
-            select(_cases)
-            .where(
-                _cases.c.tenant_id == self._tenant_id,
-                _cases.c.subject_id == subject_id,
-                _cases.c.status != CaseStatus.CLOSED.value,
-            )
-            .with_for_update()
-        )
-        row = await self._first(query)
+        row = await self._first(_OPEN_CASE, subject_id=subject_id)
         if row is None:
             return None
         return Case(
@@ -264,78 +331,73 @@ class SqlScoringStore:
         )
 
     async def add_case(self, case: Case) -> bool:
-        statement = (
-            insert(_cases)
-            .values(
-                tenant_id=self._tenant_id,
-                case_id=case.case_id,
-                subject_id=case.subject_id,
-                status=case.status.value,
-                band=case.band.value,
-                priority=case.priority,
-                opened_at=case.opened_at,
-                updated_at=case.opened_at,
-                sla_due_at=case.sla_due_at,
-                alert_count=case.alert_count,
-                version=case.version,
-            )
-            # The arbiter is the partial unique index: one case per subject not closed.
-            .on_conflict_do_nothing(
-                index_elements=["tenant_id", "subject_id"],
-                index_where=text("status <> 'closed'"),
-            )
-            .returning(_cases.c.case_id)
+        inserted = await self._first(
+            _ADD_CASE,
+            case_id=case.case_id,
+            subject_id=case.subject_id,
+            status=case.status.value,
+            band=case.band.value,
+            priority=case.priority,
+            opened_at=case.opened_at,
+            updated_at=case.opened_at,
+            sla_due_at=case.sla_due_at,
+            alert_count=case.alert_count,
+            version=case.version,
         )
-        return await self._first(statement) is not None
+        return inserted is not None
 
     async def save_case(self, case: Case) -> None:
-        statement = (
-            update(_cases)
-            .where(_cases.c.tenant_id == self._tenant_id, _cases.c.case_id == case.case_id)
-            .values(
-                band=case.band.value,
-                priority=case.priority,
-                sla_due_at=case.sla_due_at,
-                alert_count=case.alert_count,
-                version=case.version,
-                updated_at=datetime.now(UTC),
-            )
+        await self._update(
+            _SAVE_CASE,
+            {
+                "where_tenant_id": self._tenant_id,
+                "where_case_id": case.case_id,
+                "new_band": case.band.value,
+                "new_priority": case.priority,
+                "new_sla_due_at": case.sla_due_at,
+                "new_alert_count": case.alert_count,
+                "new_version": case.version,
+                "new_updated_at": datetime.now(UTC),
+            },
         )
-        await self._execute(statement)
 
     # -- failures ----------------------------------------------------------------------
 
     async def record_failure(self, event_id: uuid.UUID, attempts: int, reason: str) -> None:
-        values = insert(tables.scoring_failures).values(
-            tenant_id=self._tenant_id, event_id=event_id, attempts=attempts, reason=reason
-        )
-        statement = values.on_conflict_do_update(
-            index_elements=["tenant_id", "event_id"],
-            set_={
-                "attempts": values.excluded.attempts,
-                "reason": values.excluded.reason,
-                "failed_at": func.now(),
-            },
-        )
-        await self._execute(statement)
+        await self._execute(_RECORD_FAILURE, event_id=event_id, attempts=attempts, reason=reason)
 
     async def clear_failure(self, event_id: uuid.UUID) -> None:
-        failures = tables.scoring_failures
-        await self._execute(
-            delete(failures).where(
-                failures.c.tenant_id == self._tenant_id, failures.c.event_id == event_id
-            )
-        )
+        await self._execute(_CLEAR_FAILURE, event_id=event_id)
 
     # -- plumbing ----------------------------------------------------------------------
 
-    async def _execute(self, statement: Executable) -> None:
+    async def _execute(self, statement: Executable, **parameters: Any) -> None:
         with translate_errors():
-            _ = await self._connection.execute(statement)
+            _ = await self._connection.execute(
+                statement, {"tenant_id": self._tenant_id, **parameters}
+            )
 
-    async def _first(self, statement: Executable) -> Any:
+    async def _first(self, statement: Executable, **parameters: Any) -> Any:
+        """The first row, the tenant among the parameters (the statements name it
+        ``tenant_id``, as do the tables, so that inserts take it as a column)."""
         with translate_errors():
-            return (await self._connection.execute(statement)).first()
+            result = await self._connection.execute(
+                statement, {"tenant_id": self._tenant_id, **parameters}
+            )
+            return result.first()
+
+    async def _update(self, statement: Executable, parameters: dict[str, Any]) -> Any:
+        """An UPDATE's first returned row, if it returns any; its parameters are all
+        given, since a ``tenant_id`` among them would be taken as a value to SET."""
+        with translate_errors():
+            result = await self._connection.execute(statement, parameters)
+            return result.first() if result.returns_rows else None
+
+
+def _stored_ruleset(row: Any) -> StoredRuleset | None:
+    if row is None:
+        return None
+    return StoredRuleset(row.version, row.document, bytes(row.document_hash))
 
 
 def _plain(context: Mapping[str, Any]) -> dict[str, Any]:

@@ -37,6 +37,8 @@ class StoredEvent:
     payload: Mapping[str, Any]
     subject_attributes: Mapping[str, Any] = field(default_factory=dict)
     counterparty_attributes: Mapping[str, Any] = field(default_factory=dict)
+    # Whether a scoring failure is recorded for the event (to be cleared once scored).
+    scoring_failed: bool = False
 
 
 @dataclass(frozen=True, slots=True)

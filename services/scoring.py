@@ -93,7 +93,8 @@ async def score_event(
             return ScoreResult(ScoreOutcome.ALREADY_ASSESSED)
         _record_assessment(uow, event, record, correlation_id)
         alerted = await _raise_alerts(uow, event, record, correlation_id) if evaluation.alert else 0
-        await store.clear_failure(event_id)
+        if event.scoring_failed:
+            await store.clear_failure(event_id)
         await uow.commit()
 
     log.debug(

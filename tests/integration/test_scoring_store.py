@@ -297,8 +297,10 @@ async def test_a_failure_is_recorded_updated_and_cleared(
         await uow.scoring.record_failure(event_id, 5, "rule engine down")
         failure = (await uow.connection.execute(query, {"event": event_id})).one()
         assert (failure.attempts, failure.reason) == (5, "rule engine down")
+        assert (await uow.scoring.load_event(event_id)).scoring_failed is True
         await uow.scoring.clear_failure(event_id)
         assert (await uow.connection.execute(query, {"event": event_id})).first() is None
+        assert (await uow.scoring.load_event(event_id)).scoring_failed is False
         await uow.scoring.clear_failure(event_id)  # clearing nothing is fine
 
 
