@@ -9,7 +9,7 @@ from aio_pika.abc import AbstractRobustConnection
 
 from adapters.broker import connect
 from adapters.settings import Settings
-from workers.inbound_consumer import Backoff
+from workers.consumer import Backoff
 
 log = logging.getLogger(__name__)
 

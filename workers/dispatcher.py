@@ -34,22 +34,17 @@ import contextlib
 import logging
 import signal
 import uuid
-from collections.abc import Awaitable, Iterator
-from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
 
 from aio_pika.abc import (
-    AbstractChannel,
     AbstractIncomingMessage,
-    AbstractQueue,
     AbstractRobustConnection,
 )
 from arq.connections import ArqRedis
 
 from adapters import bounded_json
-from adapters.broker import Names, declare_topology
+from adapters.broker import Names
 from adapters.database import make_engine
 from adapters.logging import bind_context
 from adapters.metrics import DISPATCH_MESSAGES, serve_metrics
@@ -61,19 +56,17 @@ from domain.errors import TransientFailure
 from domain.messages import EVENT_RECEIVED
 from domain.ports import UnitOfWorkFactory
 from workers.broker_wait import connect_when_up
+from workers.consumer import STOP_GRACE_SECONDS, Backoff, QueueConsumer
 from workers.envelope import valid_correlation_id
-from workers.inbound_consumer import Backoff
 from workers.reconciler import Reconciler
 
 log = logging.getLogger(__name__)
 
 CONSUMER = "dispatcher"
 CONNECTION_NAME = "vigil-dispatcher"
-STOP_GRACE_SECONDS = 30.0
 MAX_MESSAGE_ID = 300
 MAX_MESSAGE_BYTES = 64 * 1024
 MAX_DEPTH = 32
-_CLOSE_SECONDS = 5.0
 
 
 class Fate(StrEnum):
@@ -135,7 +128,7 @@ def _uuid(value: object, name: str) -> uuid.UUID:
         raise Unreadable(f"{name} is not a UUID") from None
 
 
-class Dispatcher:
+class Dispatcher(QueueConsumer):
     """Consumes the dispatch queue until :meth:`stop`; :meth:`handle` answers one delivery."""
 
     def __init__(
@@ -150,51 +143,22 @@ class Dispatcher:
         backoff: Backoff | None = None,
         stop_grace_seconds: float = STOP_GRACE_SECONDS,
     ) -> None:
-        self._connection = connection
+        super().__init__(
+            connection,
+            names,
+            names.dispatch,
+            prefetch=prefetch,
+            concurrency=concurrency,
+            backoff=backoff,
+            stop_grace_seconds=stop_grace_seconds,
+        )
         self._uow_factory = uow_factory
         self._redis = redis
-        self._names = names
-        self._prefetch = prefetch
-        # No more transactions at once than the pool has connections.
-        self._slots = asyncio.Semaphore(concurrency)
-        self._backoff = backoff or Backoff()
-        self._stop_grace_seconds = stop_grace_seconds
-        self._stopping = asyncio.Event()
-        self._in_flight: set[asyncio.Task[Any]] = set()
-        self._channel: AbstractChannel | None = None
-        self._queue: AbstractQueue | None = None
-        self._consumer_tag: str | None = None
 
-    async def start(self) -> None:
-        channel = await self._connection.channel(publisher_confirms=False)
-        await channel.set_qos(prefetch_count=self._prefetch)
-        await declare_topology(channel, self._names)
-        self._channel = channel
-        self._queue = await channel.get_queue(self._names.dispatch)
-        self._consumer_tag = await self._queue.consume(self.handle)
+    async def gave_back(self, message: AbstractIncomingMessage) -> None:
+        _settled(Fate.RETRIED, message_id=message.message_id, reason="INTERNAL")
 
-    async def stop(self) -> None:
-        """Stop taking messages, finish those in hand, close the channel; whatever is
-        still unsettled then goes back to the queue."""
-        self._stopping.set()
-        if self._queue is not None and self._consumer_tag is not None:
-            await _quietly("cancelling the consumer", self._queue.cancel(self._consumer_tag))
-        await self._drain()
-        if self._channel is not None:
-            await _quietly("closing the channel", self._channel.close())
-
-    async def handle(self, message: AbstractIncomingMessage) -> None:
-        """Answer one delivery. Never raises: one bad message must not stop the others."""
-        with self._tracked():
-            try:
-                await self._answer(message)
-            except Exception:
-                log.exception(
-                    "dispatch message left unsettled; the broker will deliver it again",
-                    extra={"message_id": (message.message_id or "")[:MAX_MESSAGE_ID]},
-                )
-
-    async def _answer(self, message: AbstractIncomingMessage) -> None:
+    async def answer(self, message: AbstractIncomingMessage) -> None:
         try:
             received = read_received(message.body)
         except Unreadable as error:
@@ -211,14 +175,14 @@ class Dispatcher:
                 async with self._slots:
                     fate = await self._dispatch(received)
             except TransientFailure as error:
-                await self._requeue_later(message)
+                await self.requeue_later(message)
                 _settled(Fate.RETRIED, message_id=received.message_id, reason=error.message)
                 return
             except Exception:
                 # Not the message's fault as far as we can tell (a bug, a missing grant):
                 # hold it back like a transient failure; the delivery limit ends it.
                 log.exception("dispatching failed unexpectedly")
-                await self._requeue_later(message)
+                await self.requeue_later(message)
                 _settled(Fate.RETRIED, message_id=received.message_id, reason="INTERNAL")
                 return
             await message.ack()
@@ -237,44 +201,6 @@ class Dispatcher:
             await uow.commit()
         return Fate.ENQUEUED if enqueued else Fate.ALREADY_QUEUED
 
-    async def _requeue_later(self, message: AbstractIncomingMessage) -> None:
-        # Holding the message spaces out the attempts the delivery limit counts; stopping
-        # cuts the wait short.
-        delay = self._backoff.delay(_delivery(message))
-        with suppress(TimeoutError):
-            await asyncio.wait_for(self._stopping.wait(), timeout=delay)
-        await message.nack(requeue=True)
-
-    @contextmanager
-    def _tracked(self) -> Iterator[None]:
-        task = asyncio.current_task()
-        if task is not None:
-            self._in_flight.add(task)
-        try:
-            yield
-        finally:
-            if task is not None:
-                self._in_flight.discard(task)
-
-    async def _drain(self) -> None:
-        # Deliveries read just before the cancel start their handler a few turns of the
-        # loop later: let them register before waiting for the set to empty.
-        for _ in range(3):
-            await asyncio.sleep(0)
-        if not self._in_flight:
-            return
-        _, unfinished = await asyncio.wait(set(self._in_flight), timeout=self._stop_grace_seconds)
-        if unfinished:
-            log.warning(
-                "stopped with messages unsettled; the broker will deliver them again",
-                extra={"in_flight": len(unfinished)},
-            )
-
-
-def _delivery(message: AbstractIncomingMessage) -> int:
-    earlier = message.headers.get("x-delivery-count")
-    return earlier + 1 if isinstance(earlier, int) and earlier >= 0 else 1
-
 
 def _settled(fate: Fate, *, message_id: str | None, reason: str | None = None) -> None:
     DISPATCH_MESSAGES.labels(fate.value).inc()
@@ -288,19 +214,6 @@ def _settled(fate: Fate, *, message_id: str | None, reason: str | None = None) -
         )
     else:
         log.debug("dispatch message settled", extra=fields)
-
-
-async def _quietly(step: str, operation: Awaitable[object]) -> None:
-    try:
-        async with asyncio.timeout(_CLOSE_SECONDS):
-            await operation
-    except Exception as error:
-        log.warning(
-            "could not finish a step of stopping", extra={"step": step, "error": repr(error)}
-        )
-
-
-# -- the process --------------------------------------------------------------------------
 
 
 async def run(settings: Settings) -> None:

@@ -17,39 +17,38 @@ tenant. A failure never stops the consumer.
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import random
 import uuid
-from collections.abc import Awaitable, Iterator
-from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
 from aio_pika.abc import (
-    AbstractChannel,
     AbstractIncomingMessage,
-    AbstractQueue,
     AbstractRobustConnection,
 )
 
-from adapters.broker import Names, declare_topology
+from adapters.broker import Names
 from adapters.logging import bind_context
 from adapters.metrics import EVENTS_INGESTED, INBOUND_MESSAGES
 from domain.errors import InvalidEvent, TransientFailure, UnknownTenant
 from domain.ids import new_id
 from domain.ports import UnitOfWorkFactory
 from services.ingest import Caller, IngestResult, Outcome, ingest_events
+from workers.consumer import (
+    STOP_GRACE_SECONDS,
+    Backoff,
+    QueueConsumer,
+    delivery_fields,
+    quietly,
+)
 from workers.dead_letters import DeadLetters, Reason
 from workers.envelope import Envelope, event_field, read_envelope, valid_correlation_id
 
 log = logging.getLogger(__name__)
 
 DOOR = "amqp"
-STOP_GRACE_SECONDS = 30.0
 _LOGGED_ID_LENGTH = 200
-_CLOSE_SECONDS = 5.0
 
 
 class Fate(StrEnum):
@@ -76,21 +75,7 @@ class Verdict:
     event_id: uuid.UUID | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class Backoff:
-    """How long to hold a message that failed for a transient reason before requeueing
-    it: doubling with each delivery, capped, with jitter so that many held messages do
-    not all come back at the same moment."""
-
-    first_seconds: float = 0.5
-    max_seconds: float = 60.0
-
-    def delay(self, delivery: int) -> float:
-        ceiling = min(self.max_seconds, self.first_seconds * 2.0 ** min(delivery - 1, 20))
-        return ceiling * (0.5 + random.random() / 2)  # noqa: S311 - jitter, not secrecy
-
-
-class InboundConsumer:
+class InboundConsumer(QueueConsumer):
     """Consumes the inbound queue until :meth:`stop`; :meth:`handle` answers one delivery."""
 
     def __init__(
@@ -104,72 +89,33 @@ class InboundConsumer:
         backoff: Backoff | None = None,
         stop_grace_seconds: float = STOP_GRACE_SECONDS,
     ) -> None:
-        self._connection = connection
+        super().__init__(
+            connection,
+            names,
+            names.inbound,
+            prefetch=prefetch,
+            concurrency=concurrency,
+            backoff=backoff,
+            stop_grace_seconds=stop_grace_seconds,
+        )
         self._uow_factory = uow_factory
-        self._names = names
-        self._prefetch = prefetch
-        # At most as many transactions at once as the pool has connections: the rest of
-        # the prefetched messages wait here rather than time out waiting for the pool.
-        self._slots = asyncio.Semaphore(concurrency)
-        self._backoff = backoff or Backoff()
-        self._stop_grace_seconds = stop_grace_seconds
-        self._stopping = asyncio.Event()
-        self._in_flight: set[asyncio.Task[Any]] = set()
-        self._channel: AbstractChannel | None = None
-        self._queue: AbstractQueue | None = None
-        self._consumer_tag: str | None = None
         self._dead_letters: DeadLetters | None = None
 
-    async def start(self) -> None:
-        channel = await self._connection.channel(publisher_confirms=False)
-        await channel.set_qos(prefetch_count=self._prefetch)
-        await declare_topology(channel, self._names)
+    async def opened(self) -> None:
         self._dead_letters = await DeadLetters.open(self._connection, self._names)
-        self._channel = channel
-        self._queue = await channel.get_queue(self._names.inbound)
-        self._consumer_tag = await self._queue.consume(self.handle)
 
-    async def stop(self) -> None:
-        """Stop taking messages, finish those in hand, close the channels. What is still
-        unsettled when the channels close goes back to the queue."""
-        self._stopping.set()
-        if self._queue is not None and self._consumer_tag is not None:
-            await _quietly("cancelling the consumer", self._queue.cancel(self._consumer_tag))
-        await self._drain()
+    async def closing(self) -> None:
         if self._dead_letters is not None:
-            await _quietly("closing the dead-letter channel", self._dead_letters.close())
-        if self._channel is not None:
-            await _quietly("closing the channel", self._channel.close())
+            await quietly("closing the dead-letter channel", self._dead_letters.close())
 
-    async def handle(self, message: AbstractIncomingMessage) -> None:
-        """Answer one delivery. Never raises: one bad message must not stop the others."""
-        with self._tracked():
-            try:
-                await self._answer(message)
-            except Exception:
-                log.exception(
-                    "answering an inbound message failed", extra=_delivery_fields(message)
-                )
-                await self._give_back(message)
-
-    async def _give_back(self, message: AbstractIncomingMessage) -> None:
-        """Settle a message whose answer failed unexpectedly: requeue it after the
-        backoff, unless the failure came after it was settled."""
-        if message.processed:
-            return
+    async def gave_back(self, message: AbstractIncomingMessage) -> None:
         verdict = Verdict(Fate.RETRIED, Reason("INTERNAL", "", "an unexpected failure"))
-        try:
-            await self._requeue_later(message, verdict)
-        except Exception:
-            # The channel is gone: the broker takes the message back with it.
-            log.exception("could not requeue an inbound message", extra=_delivery_fields(message))
-            return
         _count(verdict)
         _log_verdict(message, verdict, None)
 
     # -- one message ----------------------------------------------------------------------
 
-    async def _answer(self, message: AbstractIncomingMessage) -> None:
+    async def answer(self, message: AbstractIncomingMessage) -> None:
         try:
             envelope = read_envelope(
                 message.body,
@@ -211,7 +157,7 @@ class InboundConsumer:
         if verdict.fate is Fate.DEAD_LETTERED and not await self._dead_letter(message, verdict):
             verdict = Verdict(Fate.RETRIED, verdict.reason)
         if verdict.fate is Fate.RETRIED:
-            await self._requeue_later(message, verdict)
+            await self.requeue_later(message)
         else:
             await message.ack()
         _count(verdict)
@@ -229,56 +175,6 @@ class InboundConsumer:
             )
             return False
         return True
-
-    async def _requeue_later(self, message: AbstractIncomingMessage, verdict: Verdict) -> None:
-        # Holding the message (rather than requeueing it at once) spaces out the attempts
-        # that the queue's delivery limit counts. Stopping cuts the wait short.
-        delay = self._backoff.delay(_delivery(message))
-        with suppress(TimeoutError):
-            await asyncio.wait_for(self._stopping.wait(), timeout=delay)
-        await message.nack(requeue=True)
-
-    # -- stopping -------------------------------------------------------------------------
-
-    @contextmanager
-    def _tracked(self) -> Iterator[None]:
-        task = asyncio.current_task()
-        if task is not None:
-            self._in_flight.add(task)
-        try:
-            yield
-        finally:
-            if task is not None:
-                self._in_flight.discard(task)
-
-    async def _drain(self) -> None:
-        # Deliveries read just before the cancel start their handler on a later turn of
-        # the loop: let them register before waiting for the set to empty.
-        for _ in range(3):
-            await asyncio.sleep(0)
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self._stop_grace_seconds
-        while self._in_flight:
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                log.warning(
-                    "stopped with messages unsettled; the broker will deliver them again",
-                    extra={"in_flight": len(self._in_flight)},
-                )
-                return
-            await asyncio.wait(set(self._in_flight), timeout=remaining)
-
-
-async def _quietly(step: str, operation: Awaitable[object]) -> None:
-    """Run a step of stopping that may fail or hang while the broker is unreachable; the
-    broker takes back whatever is unsettled when the connection goes anyway."""
-    try:
-        async with asyncio.timeout(_CLOSE_SECONDS):
-            await operation
-    except Exception as error:
-        log.warning(
-            "could not finish a step of stopping", extra={"step": step, "error": repr(error)}
-        )
 
 
 # -- helpers ------------------------------------------------------------------------------
@@ -311,13 +207,6 @@ def _refused(code: str, field: str, message: str) -> Verdict:
     return Verdict(Fate.DEAD_LETTERED, Reason(code, field, message))
 
 
-def _delivery(message: AbstractIncomingMessage) -> int:
-    """Which delivery of the message this is, 1 for the first (quorum queues count
-    earlier unsuccessful ones in ``x-delivery-count``)."""
-    earlier = message.headers.get("x-delivery-count")
-    return earlier + 1 if isinstance(earlier, int) and earlier >= 0 else 1
-
-
 def _count(verdict: Verdict) -> None:
     INBOUND_MESSAGES.labels(outcome=verdict.fate.value).inc()
     if verdict.fate is Fate.ACCEPTED:
@@ -345,11 +234,7 @@ def _log_verdict(
 
 
 def _delivery_fields(message: AbstractIncomingMessage) -> dict[str, Any]:
-    return {
-        "message_id": (message.message_id or "")[:_LOGGED_ID_LENGTH] or None,
-        "delivery": _delivery(message),
-        "body_bytes": len(message.body),
-    }
+    return {**delivery_fields(message), "body_bytes": len(message.body)}
 
 
 def _event_fields(envelope: Envelope) -> dict[str, Any]:

@@ -53,7 +53,7 @@ from domain.errors import TransientFailure
 from domain.ports import UnitOfWorkFactory
 from domain.rules import InvalidRuleset
 from services.scoring import EventNotFound, NoActiveRuleset, record_failure, score_event
-from workers.inbound_consumer import Backoff
+from workers.consumer import Backoff
 
 log = logging.getLogger(__name__)
 

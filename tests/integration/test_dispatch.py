@@ -43,8 +43,8 @@ from tests.integration.scoring_support import (
     scoring_settings,
     working,
 )
-from workers.dispatcher import CONSUMER, Dispatcher
-from workers.inbound_consumer import Backoff
+from workers.consumer import Backoff
+from workers.dispatcher import CONSUMER, Dispatcher, read_received
 
 FAST = Backoff(first_seconds=0.05, max_seconds=0.2)
 
@@ -293,3 +293,35 @@ async def _count(value: Any, expected: int) -> bool:
 
 async def _assessed(owner_engine: AsyncEngine, tenant: uuid.UUID) -> bool:
     return await assessed(owner_engine, tenant) == 1
+
+
+async def test_an_unexpected_failure_gives_the_message_back_to_the_queue(
+    scoring: Settings,
+    queue: ArqRedis,
+    publish: Any,
+    dispatching: Any,
+    tenant: uuid.UUID,
+    uow_factory: UnitOfWorkFactory,
+    owner_engine: AsyncEngine,
+    transaction_event: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    await activate_default_ruleset(uow_factory, tenant)
+    await ingest(uow_factory, tenant, [transaction_event()])
+    (envelope,) = await received_envelopes(owner_engine, tenant)
+    failures = iter([RuntimeError("a defect outside the dispatch step")])
+
+    def read_once_failing(body: bytes) -> Any:
+        failure = next(failures, None)
+        if failure is not None:
+            raise failure
+        return read_received(body)
+
+    monkeypatch.setattr("workers.dispatcher.read_received", read_once_failing)
+    outcomes = Counter("vigil_dispatch_messages_total", "outcome")
+
+    async with dispatching(queue), working(scoring):
+        await publish(envelope)
+        await eventually(lambda: _assessed(owner_engine, tenant), what="assessed")
+
+    assert outcomes.since() == {"retried": 1, "enqueued": 1}

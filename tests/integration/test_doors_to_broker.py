@@ -29,7 +29,8 @@ from outbox.relay import Relay
 from tests.integration.inbound_support import ONCE, Broker, Outcomes, cloud_event, stored
 from tests.integration.portal_support import count_rows, open_portal, token
 from tests.integration.relay_support import outbox_rows, tap, until
-from workers.inbound_consumer import Backoff, InboundConsumer
+from workers.consumer import Backoff
+from workers.inbound_consumer import InboundConsumer
 
 MakeRelay = Callable[..., Relay]
 

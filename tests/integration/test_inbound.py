@@ -44,8 +44,9 @@ from tests.integration.inbound_support import (
     stored,
     stored_event,
 )
+from workers.consumer import Backoff
 from workers.envelope import read_envelope
-from workers.inbound_consumer import Backoff, InboundConsumer
+from workers.inbound_consumer import InboundConsumer
 
 FAST = Backoff(first_seconds=0.05, max_seconds=0.2)
 
