@@ -50,6 +50,7 @@ def refusal(body: bytes) -> str | None:
             max_depth=MAX_BODY_DEPTH,
             parse_int=_bounded_int,
             parse_constant=_no_constant,
+            object_pairs_hook=_unique_keys,
         )
     except bounded_json.TooDeep:
         return f"the body is nested more than {MAX_BODY_DEPTH} levels deep"
@@ -59,6 +60,17 @@ def refusal(body: bytes) -> str | None:
         # Raised by the hooks below, with a message meant for the caller.
         return f"the body is not acceptable JSON: {error}"
     return None
+
+
+def _unique_keys(pairs: list[tuple[str, object]]) -> dict[str, object]:
+    # A repeated key would silently let the last value win, so two readers of one body
+    # could disagree on what it says; the inbound door refuses it too.
+    found: dict[str, object] = {}
+    for key, value in pairs:
+        if key in found:
+            raise ValueError(f"the key {key[:40]!r} appears twice in one object")
+        found[key] = value
+    return found
 
 
 async def refuse(send: Send, reason: str) -> None:

@@ -121,6 +121,13 @@ ODD_BODIES = [
     ("a 5,000-digit integer", _with_reference("9" * 5000)),
     ("NaN", _with_reference("NaN")),
     ("not UTF-8", _with_reference('"not-utf-8"').replace(b"not-utf-8", b"\xff")),
+    # Which amount is meant? Another reader of the same body may take the first.
+    (
+        "a key twice in one object",
+        _with_reference('"x"').replace(
+            b'"type": "transaction"', b'"type": "transaction", "type": "kyc.updated"'
+        ),
+    ),
 ]
 
 
