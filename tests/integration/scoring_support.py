@@ -86,12 +86,22 @@ async def working(settings: Settings, **overrides: Any) -> AsyncIterator[Worker]
     try:
         yield worker
     finally:
-        with warnings.catch_warnings():
+        # Let a job that has committed finish its bookkeeping in Redis: closing the
+        # worker cancels what is still running, and a job cancelled there leaves its
+        # connections to be closed by the garbage collector, in some later test.
+        await _jobs_finished(worker, seconds=10)
+        with warnings.catch_warnings(), contextlib.suppress(asyncio.CancelledError):
             # arq 0.28 closes its Redis client with a call redis 5 deprecates.
             warnings.simplefilter("ignore", DeprecationWarning)
             await worker.close()
         with contextlib.suppress(asyncio.CancelledError):
             await running
+
+
+async def _jobs_finished(worker: Worker, *, seconds: float) -> None:
+    running = [task for task in worker.tasks.values() if not task.done()]
+    if running:
+        await asyncio.wait(running, timeout=seconds)
 
 
 async def activate_default_ruleset(uow_factory: UnitOfWorkFactory, tenant: uuid.UUID) -> int:
