@@ -68,7 +68,7 @@ RULESET = Ruleset(
     rules=(),
 )
 
-_EVENT_COLUMNS = (
+EVENT_COLUMNS = (
     "tenant_id",
     "event_id",
     "idempotency_key",
@@ -236,7 +236,7 @@ async def load_events(
         stop = min(last, start + 50_000)
         await connection.copy_records_to_table(
             "events",
-            columns=_EVENT_COLUMNS,
+            columns=EVENT_COLUMNS,
             records=list(event_rows(tenant_id, accounts, source, start, stop, total, log)),
         )
     await connection.execute("VACUUM ANALYZE events")

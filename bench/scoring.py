@@ -75,6 +75,7 @@ from adapters.score_queue import connect, enqueue_score
 from adapters.scoring_store import explanation_document
 from adapters.settings import Settings
 from adapters.unit_of_work import SqlUnitOfWork, unit_of_work_factory
+from bench.features import EVENT_COLUMNS
 from domain.default_ruleset import DEFAULT_RULESET
 from domain.errors import TransientFailure
 from domain.ids import new_id
@@ -101,22 +102,6 @@ PHASES = ("lookups", "features", "rules", "write", "total")
 CHANNELS = ("sepa", "sepa", "sepa", "instant", "instant", "wire", "card")
 ABROAD = (("BE", 40), ("DE", 40), ("FR", 30), ("GB", 20), ("US", 10), ("IR", 1), ("KP", 1))
 
-_EVENT_COLUMNS = (
-    "tenant_id",
-    "event_id",
-    "idempotency_key",
-    "event_type",
-    "occurred_at",
-    "received_at",
-    "subject_id",
-    "counterparty_id",
-    "amount",
-    "currency",
-    "payload",
-    "payload_hash",
-    "door",
-    "actor",
-)
 _SET_TENANT = "SELECT set_config('vigil.tenant_id', $1, true)"
 _INSERT_ASSESSMENT = """
 INSERT INTO assessments (tenant_id, assessment_id, event_id, ruleset_version, scorer, score,
@@ -279,7 +264,7 @@ async def load(owner: asyncpg.Connection, tenant_id: uuid.UUID, bank: Bank, size
     for start in range(bank.loaded, size, CHUNK):
         stop = min(size, start + CHUNK)
         await owner.copy_records_to_table(
-            "events", columns=_EVENT_COLUMNS, records=list(bank.event_rows(tenant_id, start, stop))
+            "events", columns=EVENT_COLUMNS, records=list(bank.event_rows(tenant_id, start, stop))
         )
     bank.loaded = size
     await owner.execute("VACUUM ANALYZE events")

@@ -18,6 +18,9 @@ from adapters.database import make_engine
 from adapters.settings import Settings, get_settings
 from adapters.tenants import create_tenant
 from adapters.unit_of_work import unit_of_work_factory
+from outbox.publisher import Publisher
+from outbox.relay import Relay
+from tests.integration.relay_support import MakeRelay
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -100,3 +103,26 @@ async def amqp(settings: Settings, names: Names) -> AsyncIterator[AbstractRobust
     async with connection.channel() as channel:
         await delete_topology(channel, names)
     await connection.close()
+
+
+@pytest.fixture
+async def make_relay(
+    settings: Settings, relay_engine: AsyncEngine, names: Names, amqp: AbstractRobustConnection
+) -> AsyncIterator[MakeRelay]:
+    """Relays on connections of their own. (``amqp`` removes, when the session ends, the
+    topology their publishers declare.)"""
+    relays: list[Relay] = []
+
+    def make(**options: Any) -> Relay:
+        publisher = Publisher(
+            settings.amqp_url.get_secret_value(),
+            names,
+            timeout_seconds=settings.relay_publish_timeout_seconds,
+        )
+        relay = Relay(relay_engine, publisher, **options)
+        relays.append(relay)
+        return relay
+
+    yield make
+    for relay in relays:
+        await relay.close()

@@ -20,6 +20,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from adapters.broker import Names
 from domain.ids import new_id
 from domain.messages import EVENT_RECEIVED, OutboxMessage, cloud_event
+from outbox.relay import Relay
+
+MakeRelay = Callable[..., Relay]
 
 WAIT_SECONDS = 20.0
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import aio_pika
@@ -24,40 +23,14 @@ from adapters.broker import Names
 from adapters.settings import Settings
 from domain.messages import EVENT_RECEIVED
 from domain.ports import UnitOfWorkFactory
-from outbox.publisher import CONTENT_TYPE, Publisher
-from outbox.relay import Relay
+from outbox.publisher import CONTENT_TYPE
 from tests.integration.inbound_support import ONCE, Broker, Outcomes, cloud_event, stored
 from tests.integration.portal_support import count_rows, open_portal, token
-from tests.integration.relay_support import outbox_rows, tap, until
+from tests.integration.relay_support import MakeRelay, outbox_rows, tap, until
 from workers.consumer import Backoff
 from workers.inbound_consumer import InboundConsumer
 
-MakeRelay = Callable[..., Relay]
-
 pytestmark = pytest.mark.usefixtures("quiet_outbox")
-
-
-@pytest.fixture
-async def make_relay(
-    settings: Settings, relay_engine: AsyncEngine, names: Names, amqp: AbstractRobustConnection
-) -> AsyncIterator[MakeRelay]:
-    """Relays on connections of their own. (``amqp`` removes, when the session ends, the
-    topology their publishers declare.)"""
-    relays: list[Relay] = []
-
-    def make(**options: Any) -> Relay:
-        publisher = Publisher(
-            settings.amqp_url.get_secret_value(),
-            names,
-            timeout_seconds=settings.relay_publish_timeout_seconds,
-        )
-        relay = Relay(relay_engine, publisher, **options)
-        relays.append(relay)
-        return relay
-
-    yield make
-    for relay in relays:
-        await relay.close()
 
 
 @pytest.fixture

@@ -13,7 +13,6 @@ import secrets
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
@@ -31,34 +30,9 @@ from outbox.publisher import CONTENT_TYPE, Publisher
 from outbox.relay import Backoff, Relay
 from outbox.wakeup import Wakeup
 from services.ingest import Caller, Outcome, ingest_events
-from tests.integration.relay_support import insert_row, outbox_rows, tap, until
-
-MakeRelay = Callable[..., Relay]
+from tests.integration.relay_support import MakeRelay, insert_row, outbox_rows, tap, until
 
 pytestmark = pytest.mark.usefixtures("quiet_outbox")
-
-
-@pytest.fixture
-async def make_relay(
-    settings: Settings, relay_engine: AsyncEngine, names: Names, amqp: AbstractRobustConnection
-) -> AsyncIterator[MakeRelay]:
-    """Relays on connections of their own. (``amqp`` removes, when the session ends, the
-    topology their publishers declare.)"""
-    relays: list[Relay] = []
-
-    def make(**options: Any) -> Relay:
-        publisher = Publisher(
-            settings.amqp_url.get_secret_value(),
-            names,
-            timeout_seconds=settings.relay_publish_timeout_seconds,
-        )
-        relay = Relay(relay_engine, publisher, **options)
-        relays.append(relay)
-        return relay
-
-    yield make
-    for relay in relays:
-        await relay.close()
 
 
 def published_total(outcome: str) -> float:
