@@ -35,6 +35,7 @@ from portal.auth import RequireAuthentication
 from portal.errors import ErrorPolicy, Schema, internal_error
 from portal.health import live, ready
 from portal.metrics import metrics, start_ingest_counters
+from portal.read.reader import CloseReads
 from portal.requests import RequestContextMiddleware
 from portal.resources import lifespan
 from portal.schema import DOOR, Mutation, Query, context_of
@@ -75,6 +76,8 @@ def check_settings(settings: Settings) -> None:
 def build_schema(settings: Settings) -> Schema:
     extensions: list[Callable[[], SchemaExtension]] = [
         ErrorPolicy,
+        # After the error policy, so that a failure to close the reads is given a code.
+        CloseReads,
         partial(MaxTokensLimiter, max_token_count=MAX_TOKENS),
         partial(AddValidationRules, LIMIT_RULES),
         # Integrations send the same few documents again and again: validate each once.

@@ -1,4 +1,5 @@
-"""The GraphQL schema: who am I, and the ingestion of compliance events.
+"""The GraphQL schema: who am I, the ingestion of compliance events, and the read side
+(:mod:`portal.read`): cases, subjects, events, assessments and audit trails.
 
 An event's ``data`` is a JSON scalar on purpose: GraphQL checks only the envelope, and the
 domain validates each event on its own (:func:`domain.events.parse_event`), so that one
@@ -21,6 +22,8 @@ from adapters.metrics import EVENTS_INGESTED
 from domain.ports import UnitOfWorkFactory
 from portal.auth import Identity, authenticated, authorize
 from portal.errors import BadRequest
+from portal.read.queries import ReadQuery
+from portal.read.reader import Reader
 from portal.requests import correlation_id_of
 from portal.resources import resources_of
 from services.ingest import BatchTooLarge, Caller, IngestResult, Outcome, ingest_events
@@ -32,6 +35,8 @@ class Context(BaseContext, kw_only=True):
     identity: Identity
     correlation_id: str
     uow_factory: UnitOfWorkFactory
+    # The request's reads (session and DataLoaders), for an authenticated caller.
+    reader: Reader | None = None
 
 
 Info = strawberry.Info[Context, None]
@@ -40,10 +45,16 @@ Info = strawberry.Info[Context, None]
 async def context_of(request: ASGIConnection[Any, Any, Any, Any]) -> Context:
     """Strawberry's context for one request (a Litestar dependency)."""
     identity = request.scope.get("auth")
+    if not isinstance(identity, Identity):
+        identity = Identity(None)
+    resources = resources_of(request.app.state)
+    correlation_id = correlation_id_of(request)
+    principal = identity.principal
     return Context(
-        identity=identity if isinstance(identity, Identity) else Identity(None),
-        correlation_id=correlation_id_of(request),
-        uow_factory=resources_of(request.app.state).uow_factory,
+        identity=identity,
+        correlation_id=correlation_id,
+        uow_factory=resources.uow_factory,
+        reader=None if principal is None else Reader(resources.engine, principal, correlation_id),
     )
 
 
@@ -149,7 +160,7 @@ async def resolve_ingest_events(info: Info, input: IngestEventsInput) -> IngestE
 
 
 @strawberry.type
-class Query:
+class Query(ReadQuery):
     viewer: Viewer = strawberry.field(
         resolver=resolve_viewer, description="The caller of this request."
     )

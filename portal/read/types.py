@@ -1,0 +1,402 @@
+"""The read side's GraphQL types: cases, subjects, events, assessments with their
+explanations, alerts and audit records.
+
+Each type that can be fetched by id is a Relay ``Node`` whose global id is opaque to
+clients. Resolving an id goes through the caller's own session, where row-level
+security hides every other tenant's rows: an id of another tenant, or of nothing,
+resolves to null, and the answer is the same in both cases.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from enum import Enum
+from typing import Any, Self
+
+import strawberry
+from strawberry import relay
+from strawberry.scalars import JSON
+
+from adapters.read_store import (
+    AlertRow,
+    AssessmentRow,
+    AuditRow,
+    CaseRow,
+    EventRow,
+    SubjectRow,
+)
+from portal.read.access import AUDIT_READERS, READERS, reader_for
+
+
+@strawberry.enum(description="Where a case stands in its review.")
+class CaseStatus(Enum):
+    OPEN = "open"
+    IN_REVIEW = "in_review"
+    PENDING_APPROVAL = "pending_approval"
+    ESCALATED = "escalated"
+    CLOSED = "closed"
+
+
+@strawberry.enum(description="The gravity of a score, from its thresholds.")
+class RiskBand(Enum):
+    LOW = "low"
+    MEDIUM = "medium"
+    HIGH = "high"
+    CRITICAL = "critical"
+
+
+@strawberry.type(description="What one rule saw when it was evaluated on one event.")
+class RuleOutcome:
+    code: str
+    typology: str | None
+    concerns: str = strawberry.field(description="originator or beneficiary")
+    fired: bool
+    points: int = strawberry.field(description="Points added to the score when fired.")
+    observed: JSON = strawberry.field(description="The values the rule read, by name.")
+    thresholds: JSON = strawberry.field(description="The thresholds it compared them with.")
+    reason: str = strawberry.field(description="Why it fired, or why not, in words.")
+    error: str | None = strawberry.field(description="The error it met on this event, if any.")
+
+
+@strawberry.type(description="Why an event scored what it scored: every rule of the ruleset.")
+class Explanation:
+    score: int
+    band: RiskBand
+    alert: bool
+    rules: list[RuleOutcome]
+
+    @classmethod
+    def of(cls, document: dict[str, Any]) -> Explanation:
+        return cls(
+            score=int(document["score"]),
+            band=RiskBand(document["band"]),
+            alert=bool(document["alert"]),
+            rules=[
+                RuleOutcome(
+                    code=str(rule["code"]),
+                    typology=rule.get("typology"),
+                    concerns=str(rule.get("concerns", "")),
+                    fired=bool(rule["fired"]),
+                    points=int(rule.get("points", 0)),
+                    observed=rule.get("observed", {}),
+                    thresholds=rule.get("thresholds", {}),
+                    reason=str(rule.get("reason", "")),
+                    error=rule.get("error"),
+                )
+                for rule in document.get("rules", [])
+            ],
+        )
+
+
+def _uuids(node_ids: Iterable[str]) -> list[uuid.UUID | None]:
+    found: list[uuid.UUID | None] = []
+    for node_id in node_ids:
+        try:
+            found.append(uuid.UUID(node_id))
+        except ValueError:
+            found.append(None)
+    return found
+
+
+@strawberry.type(description="An account or a customer that events are about.")
+class Subject(relay.Node):
+    id: relay.NodeID[str]
+    kind: str
+    external_ref: str = strawberry.field(description="The reference the institution uses.")
+    attributes: JSON
+    created_at: datetime | None
+    updated_at: datetime | None
+
+    @classmethod
+    def of(cls, row: SubjectRow) -> Subject:
+        return cls(
+            id=str(row.subject_id),
+            kind=row.kind,
+            external_ref=row.external_ref,
+            attributes=JSON(row.attributes),
+            created_at=row.created_at,
+            updated_at=row.updated_at,
+        )
+
+    @classmethod
+    async def resolve_nodes(  # type: ignore[override]
+        cls, *, info: strawberry.Info, node_ids: Iterable[str], required: bool = False
+    ) -> list[Self | None]:
+        reader = reader_for(info, READERS)
+        rows = [
+            None if key is None else await reader.subjects.load(key) for key in _uuids(node_ids)
+        ]
+        return [None if row is None else cls.of(row) for row in rows]  # type: ignore[misc]
+
+    @strawberry.field(description="Events the subject sent or received, newest first.")
+    async def events(
+        self, info: strawberry.Info, first: int = 20, after: str | None = None
+    ) -> relay.Connection[Event]:
+        from portal.read.queries import event_page
+
+        return await event_page(info, first, after, subject_id=uuid.UUID(self.id))
+
+    @strawberry.field(description="Assessments of events the subject sent, newest first.")
+    async def assessments(
+        self, info: strawberry.Info, first: int = 20, after: str | None = None
+    ) -> relay.Connection[RiskAssessment]:
+        from portal.read.queries import assessment_page
+
+        return await assessment_page(info, uuid.UUID(self.id), first, after)
+
+
+@strawberry.type(description="A compliance event, as stored when it was accepted.")
+class Event(relay.Node):
+    id: relay.NodeID[str]
+    type: str
+    occurred_at: datetime
+    received_at: datetime
+    amount: str | None = strawberry.field(description="A decimal string, never a float.")
+    currency: str | None
+    payload: JSON = strawberry.field(description="The event's data as it was sent.")
+    subject_id: strawberry.Private[uuid.UUID]
+    counterparty_id: strawberry.Private[uuid.UUID | None]
+
+    @classmethod
+    def of(cls, row: EventRow) -> Event:
+        return cls(
+            id=str(row.event_id),
+            type=row.event_type,
+            occurred_at=row.occurred_at,
+            received_at=row.received_at,
+            amount=None if row.amount is None else f"{row.amount.normalize():f}",
+            currency=None if row.currency is None else row.currency.strip(),
+            payload=JSON(row.payload),
+            subject_id=row.subject_id,
+            counterparty_id=row.counterparty_id,
+        )
+
+    @classmethod
+    async def resolve_nodes(  # type: ignore[override]
+        cls, *, info: strawberry.Info, node_ids: Iterable[str], required: bool = False
+    ) -> list[Self | None]:
+        reader = reader_for(info, READERS)
+        rows = [None if key is None else await reader.events.load(key) for key in _uuids(node_ids)]
+        return [None if row is None else cls.of(row) for row in rows]  # type: ignore[misc]
+
+    @strawberry.field
+    async def subject(self, info: strawberry.Info) -> Subject | None:
+        row = await reader_for(info, READERS).subjects.load(self.subject_id)
+        return None if row is None else Subject.of(row)
+
+    @strawberry.field
+    async def counterparty(self, info: strawberry.Info) -> Subject | None:
+        if self.counterparty_id is None:
+            return None
+        row = await reader_for(info, READERS).subjects.load(self.counterparty_id)
+        return None if row is None else Subject.of(row)
+
+
+@strawberry.type(name="RiskAssessment", description="The score of one event by one ruleset.")
+class RiskAssessment(relay.Node):
+    id: relay.NodeID[str]
+    ruleset_version: int
+    score: int
+    band: RiskBand
+    alert: bool
+    scored_at: datetime
+    explanation: Explanation
+    event_id: strawberry.Private[uuid.UUID]
+
+    @classmethod
+    def of(cls, row: AssessmentRow) -> RiskAssessment:
+        return cls(
+            id=str(row.assessment_id),
+            ruleset_version=row.ruleset_version,
+            score=row.score,
+            band=RiskBand(row.band),
+            alert=row.alert,
+            scored_at=row.scored_at,
+            explanation=Explanation.of(row.explanation),
+            event_id=row.event_id,
+        )
+
+    @classmethod
+    async def resolve_nodes(  # type: ignore[override]
+        cls, *, info: strawberry.Info, node_ids: Iterable[str], required: bool = False
+    ) -> list[Self | None]:
+        reader = reader_for(info, READERS)
+        found: list[Self | None] = []
+        for key in _uuids(node_ids):
+            row = None if key is None else await reader.assessments.load(key)
+            if row is not None:
+                reader.note_read("assessment", row.assessment_id, "assessment")
+            found.append(None if row is None else cls.of(row))  # type: ignore[arg-type]
+        return found
+
+    @strawberry.field
+    async def event(self, info: strawberry.Info) -> Event | None:
+        row = await reader_for(info, READERS).events.load(self.event_id)
+        return None if row is None else Event.of(row)
+
+
+@strawberry.type(description="An account whose own rules reached the alert threshold.")
+class Alert(relay.Node):
+    id: relay.NodeID[str]
+    score: int
+    band: RiskBand
+    typologies: list[str]
+    created_at: datetime
+    assessment_id: strawberry.Private[uuid.UUID]
+    event_id: strawberry.Private[uuid.UUID]
+    case_id: strawberry.Private[uuid.UUID]
+
+    @classmethod
+    def of(cls, row: AlertRow) -> Alert:
+        return cls(
+            id=str(row.alert_id),
+            score=row.score,
+            band=RiskBand(row.band),
+            typologies=list(row.typologies),
+            created_at=row.created_at,
+            assessment_id=row.assessment_id,
+            event_id=row.event_id,
+            case_id=row.case_id,
+        )
+
+    @classmethod
+    async def resolve_nodes(  # type: ignore[override]
+        cls, *, info: strawberry.Info, node_ids: Iterable[str], required: bool = False
+    ) -> list[Self | None]:
+        reader = reader_for(info, READERS)
+        rows = [None if key is None else await reader.alerts.load(key) for key in _uuids(node_ids)]
+        return [None if row is None else cls.of(row) for row in rows]  # type: ignore[misc]
+
+    @strawberry.field
+    async def assessment(self, info: strawberry.Info) -> RiskAssessment | None:
+        reader = reader_for(info, READERS)
+        row = await reader.assessments.load(self.assessment_id)
+        if row is None:
+            return None
+        reader.note_read("assessment", row.assessment_id, "alert.assessment")
+        return RiskAssessment.of(row)
+
+    @strawberry.field
+    async def event(self, info: strawberry.Info) -> Event | None:
+        row = await reader_for(info, READERS).events.load(self.event_id)
+        return None if row is None else Event.of(row)
+
+
+@strawberry.type(description="What analysts review: the alerts of one subject.")
+class Case(relay.Node):
+    id: relay.NodeID[str]
+    status: CaseStatus
+    band: RiskBand
+    priority: int = strawberry.field(description="Higher first; the band dominates.")
+    opened_at: datetime
+    updated_at: datetime
+    sla_due_at: datetime
+    alert_count: int
+    version: int
+    subject_id: strawberry.Private[uuid.UUID]
+
+    @classmethod
+    def of(cls, row: CaseRow) -> Case:
+        return cls(
+            id=str(row.case_id),
+            status=CaseStatus(row.status),
+            band=RiskBand(row.band),
+            priority=row.priority,
+            opened_at=row.opened_at,
+            updated_at=row.updated_at,
+            sla_due_at=row.sla_due_at,
+            alert_count=row.alert_count,
+            version=row.version,
+            subject_id=row.subject_id,
+        )
+
+    @classmethod
+    async def resolve_nodes(  # type: ignore[override]
+        cls, *, info: strawberry.Info, node_ids: Iterable[str], required: bool = False
+    ) -> list[Self | None]:
+        reader = reader_for(info, READERS)
+        found: list[Self | None] = []
+        for key in _uuids(node_ids):
+            row = None if key is None else await reader.cases.load(key)
+            if row is not None:
+                reader.note_read("case", row.case_id, "case")
+            found.append(None if row is None else cls.of(row))  # type: ignore[arg-type]
+        return found
+
+    @strawberry.field(description="Whether the SLA due time has passed on a case not closed.")
+    def sla_breached(self) -> bool:
+        return self.status is not CaseStatus.CLOSED and self.sla_due_at < datetime.now(UTC)
+
+    @strawberry.field
+    async def subject(self, info: strawberry.Info) -> Subject | None:
+        row = await reader_for(info, READERS).subjects.load(self.subject_id)
+        return None if row is None else Subject.of(row)
+
+    @strawberry.field(description="The latest assessment that raised an alert on the case.")
+    async def latest_assessment(self, info: strawberry.Info) -> RiskAssessment | None:
+        reader = reader_for(info, READERS)
+        row = await reader.latest_assessment.load(uuid.UUID(self.id))
+        if row is None:
+            return None
+        reader.note_read("assessment", row.assessment_id, "case.latestAssessment")
+        return RiskAssessment.of(row)
+
+    @strawberry.field(description="The case's alerts, newest first (at most 100).")
+    async def alerts(self, info: strawberry.Info) -> list[Alert]:
+        rows = await reader_for(info, READERS).case_alerts.load(uuid.UUID(self.id))
+        return [Alert.of(row) for row in rows]
+
+    @strawberry.field(description="The case's audit records (supervisor, regulator, admin).")
+    async def audit_trail(
+        self, info: strawberry.Info, first: int = 20, after: str | None = None
+    ) -> relay.Connection[AuditRecord]:  # type: ignore[type-var]
+        from portal.read.queries import audit_page
+
+        reader_for(info, AUDIT_READERS)
+        return await audit_page(info, "case", self.id, first, after)
+
+
+@strawberry.type(description="One record of the tenant's hash-chained audit trail.")
+class AuditRecord:
+    seq: int = strawberry.field(description="The record's place in the tenant's chain.")
+    record_id: strawberry.ID
+    recorded_at: datetime
+    actor: str
+    action: str
+    entity_type: str
+    entity_id: str
+    correlation_id: str | None
+    details: JSON
+
+    @classmethod
+    def of(cls, row: AuditRow) -> AuditRecord:
+        return cls(
+            seq=row.seq,
+            record_id=strawberry.ID(str(row.record_id)),
+            recorded_at=row.recorded_at,
+            actor=row.actor,
+            action=row.action,
+            entity_type=row.entity_type,
+            entity_id=row.entity_id,
+            correlation_id=row.correlation_id,
+            details=JSON(row.details),
+        )
+
+
+# The node types, by their GraphQL name, and the audit trail's name for each.
+# (Any: mypy cannot see that each type's resolve_nodes is a coroutine.)
+NODE_TYPES: dict[str, Any] = {
+    "Case": Case,
+    "Subject": Subject,
+    "Event": Event,
+    "RiskAssessment": RiskAssessment,
+    "Alert": Alert,
+}
+AUDITED_ENTITIES = {
+    "Case": "case",
+    "Event": "event",
+    "RiskAssessment": "assessment",
+    "Alert": "alert",
+}
