@@ -33,6 +33,33 @@ def _migrate(args: argparse.Namespace) -> int:
     return 0
 
 
+SCHEMA_FILE = Path(__file__).resolve().parent.parent / "schema.graphql"
+
+
+def _schema(args: argparse.Namespace) -> int:
+    from portal.schema_file import breaking_changes, current_sdl, dangerous_changes
+
+    path = Path(args.file)
+    current = current_sdl()
+    if args.action == "export":
+        path.write_text(current, encoding="utf-8")
+        print(f"wrote {path}")
+        return 0
+    committed = path.read_text(encoding="utf-8")
+    for change in dangerous_changes(committed, current):
+        print(f"dangerous: {change.type.name}: {change.description}")
+    breaking = breaking_changes(committed, current)
+    for change in breaking:
+        print(f"breaking: {change.type.name}: {change.description}", file=sys.stderr)
+    if breaking:
+        return 1
+    if committed != current:
+        print(f"{path} is out of date: run 'vigil schema export'", file=sys.stderr)
+        return 1
+    print(f"{path} matches the code")
+    return 0
+
+
 def _token(args: argparse.Namespace) -> int:
     from adapters.auth import Role, mint_token
 
@@ -290,6 +317,13 @@ def build_parser() -> argparse.ArgumentParser:
     tenant.add_argument("slug")
     tenant.add_argument("--name")
     tenant.set_defaults(handler=_tenant)
+
+    schema = commands.add_parser(
+        "schema", help="write the GraphQL schema to a file, or check the file against the code"
+    )
+    schema.add_argument("action", choices=("export", "check"))
+    schema.add_argument("--file", default=str(SCHEMA_FILE), help="default: schema.graphql")
+    schema.set_defaults(handler=_schema)
 
     token = commands.add_parser("token", help="mint a bearer token for local use")
     token.add_argument("--tenant", required=True, help="tenant id or slug")
