@@ -46,8 +46,8 @@ def _schema(args: argparse.Namespace) -> int:
         print(f"wrote {path}")
         return 0
     committed = path.read_text(encoding="utf-8")
-    for change in dangerous_changes(committed, current):
-        print(f"dangerous: {change.type.name}: {change.description}")
+    for danger in dangerous_changes(committed, current):
+        print(f"dangerous: {danger.type.name}: {danger.description}")
     breaking = breaking_changes(committed, current)
     for change in breaking:
         print(f"breaking: {change.type.name}: {change.description}", file=sys.stderr)
