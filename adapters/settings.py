@@ -26,6 +26,15 @@ class Settings(BaseSettings):
     # shared broker can keep to their own.
     amqp_prefix: str = Field("vigil", pattern="^[a-z][a-z0-9_.-]{0,40}$")
 
+    # HS256 with a shared secret for local use; RS256 with keys from a JWKS URL (the
+    # identity provider's) in production.
+    jwt_algorithm: str = Field("HS256", pattern="^(HS256|RS256)$")
+    jwks_url: str | None = None
+    jwks_cache_seconds: float = Field(300.0, gt=0, le=86400)
+    # A token naming a key we do not hold makes us fetch the key set again, at most
+    # this often, so that forged key ids cannot make us hammer the identity provider.
+    jwks_min_refresh_seconds: float = Field(30.0, ge=0, le=3600)
+    jwks_timeout_seconds: float = Field(5.0, gt=0, le=60)
     jwt_secret: SecretStr = SecretStr("change-me-local-development-only-secret")
     jwt_issuer: str = "vigil"
     jwt_audience: str = "vigil-api"

@@ -65,6 +65,15 @@ class InsecureSettings(Exception):
 def check_settings(settings: Settings) -> None:
     if not settings.production:
         return
+    for name in ("jwt_issuer", "jwt_audience"):
+        if name not in settings.model_fields_set or not getattr(settings, name).strip():
+            raise InsecureSettings(
+                f"set VIGIL_{name.upper()}: tokens must name who made them for whom"
+            )
+    if settings.jwt_algorithm == "RS256":
+        if not (settings.jwks_url or "").startswith("https://"):
+            raise InsecureSettings("set VIGIL_JWKS_URL to the identity provider's https:// key set")
+        return
     secret = settings.jwt_secret.get_secret_value()
     default = Settings.model_fields["jwt_secret"].get_default()
     if secret == default.get_secret_value():

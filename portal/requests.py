@@ -4,6 +4,7 @@ take (:mod:`portal.bodies`), and one log line when it is answered."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import time
@@ -18,7 +19,7 @@ from litestar.types import ASGIApp, Message, Receive, Scope, Send
 from adapters.logging import bind_context
 from adapters.settings import Settings
 from domain.ids import new_id
-from portal.auth import authenticate
+from portal.auth import Identity, authenticate
 from portal.bodies import checked_body, refuse
 
 log = logging.getLogger(__name__)
@@ -66,7 +67,7 @@ class RequestContextMiddleware(ASGIMiddleware):
             await send(message)
 
         with bind_context(correlation_id=correlation_id):
-            identity = authenticate(self._settings, headers.get("Authorization"))
+            identity = await self._authenticate(headers.get("Authorization"))
             scope["auth"] = identity
             scope["state"][_STATE_KEY] = correlation_id
             tenant_id = identity.principal.tenant_id if identity.principal else None
@@ -85,6 +86,12 @@ class RequestContextMiddleware(ASGIMiddleware):
                             "duration_ms": round((time.perf_counter() - started) * 1000, 1),
                         },
                     )
+
+    async def _authenticate(self, authorization: str | None) -> Identity:
+        if self._settings.jwt_algorithm == "RS256" and authorization:
+            # Reading the identity provider's keys may block on the network.
+            return await asyncio.to_thread(authenticate, self._settings, authorization)
+        return authenticate(self._settings, authorization)
 
     async def _pass_on(
         self, scope: Scope, headers: Headers, receive: Receive, send: Send, next_app: ASGIApp
