@@ -45,6 +45,10 @@ class Settings(BaseSettings):
     portal_host: str = "127.0.0.1"
     portal_port: int = Field(8000, ge=1, le=65535)
     max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024)
+    # GraphQL requests per tenant per window, shared by all replicas (in Redis); 0 turns
+    # the limit off.
+    rate_limit_requests: int = Field(1200, ge=0)
+    rate_limit_window_seconds: float = Field(60.0, gt=0, le=3600)
 
     relay_batch_size: int = Field(200, ge=1, le=5000)
     relay_concurrency: int = Field(2, ge=1, le=16)

@@ -36,13 +36,12 @@ from portal.errors import ErrorPolicy, Schema, internal_error
 from portal.health import live, ready
 from portal.metrics import metrics, start_ingest_counters
 from portal.read.reader import CloseReads
-from portal.requests import RequestContextMiddleware
+from portal.requests import GRAPHQL_PATH, RequestContextMiddleware
 from portal.resources import lifespan
 from portal.schema import DOOR, Mutation, Query, context_of
 
 log = logging.getLogger(__name__)
 
-GRAPHQL_PATH = "/graphql"
 MAX_QUERY_DEPTH = 10
 MAX_ALIASES = 20
 # A document is lexed only up to this many tokens, so a huge one costs little; our own
