@@ -19,6 +19,8 @@ class Settings(BaseSettings):
     relay_database_url: str = "postgresql://vigil_relay@127.0.0.1:5432/vigil"
     owner_database_url: str = "postgresql://vigil_owner@127.0.0.1:5432/vigil"
     database_pool_size: int = Field(10, ge=1, le=200)
+    # How long a request waits for a pooled connection before it is answered UNAVAILABLE.
+    database_pool_timeout_seconds: float = Field(10.0, gt=0, le=300)
 
     redis_url: str = "redis://127.0.0.1:6379/0"
     amqp_url: SecretStr = SecretStr("amqp://guest:guest@127.0.0.1:5672/")

@@ -47,6 +47,7 @@ def lifespan(settings: Settings) -> Callable[[Litestar], AbstractAsyncContextMan
             settings.database_url,
             pool_size=settings.database_pool_size,
             application_name="vigil-portal",
+            pool_timeout_seconds=settings.database_pool_timeout_seconds,
         )
         redis = Redis.from_url(
             settings.redis_url,

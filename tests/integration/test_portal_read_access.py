@@ -291,3 +291,21 @@ async def test_the_review_page_costs_the_same_statements_for_5_cases_as_for_50(
     # The tenant, the cases, their subjects, their latest assessments (and for a
     # regulator the audit chain's head, records and head again).
     assert counts[50] <= 4 + (3 if role is Role.REGULATOR else 0), counts
+
+
+async def test_a_read_that_finds_no_free_connection_is_unavailable_not_internal(
+    settings: Settings, tenant: uuid.UUID
+) -> None:
+    crowded = settings.model_copy(
+        update={"database_pool_size": 1, "database_pool_timeout_seconds": 0.2}
+    )
+    async with open_portal(crowded) as portal:
+        assert portal.app is not None
+        engine = resources_of(portal.app.state).engine
+        # The pool's one connection and its one overflow are both taken.
+        async with engine.connect(), engine.connect():
+            body = await portal.graphql(
+                REVIEW_PAGE, {"first": 5}, token=token(settings, tenant, Role.ANALYST)
+            )
+
+    assert error_codes(body) == ["UNAVAILABLE"]
