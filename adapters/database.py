@@ -12,9 +12,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from domain.errors import TransientFailure
 
-# SQLSTATEs worth another try: serialization failure, deadlock, lock timeout, and the
-# connection classes (admin shutdown, cannot connect now).
+# SQLSTATEs worth another try: serialization failure, deadlock, lock timeout, too many
+# connections (the server's slots are all taken), and the connection classes (admin
+# shutdown, cannot connect now).
 _TRANSIENT_SQLSTATES = {
+    "53300",
     "40001",
     "40P01",
     "55P03",
