@@ -1,7 +1,9 @@
 """``make bench``: Vigil beside raw baselines, run in the same script on the same machine.
 
-It uses a database of its own (``vigil_bench``) and a broker prefix of its own, so it
-neither reads nor disturbs a running Vigil. Results are ratios: ours / raw.
+It uses a database of its own (``vigil_bench``, or ``VIGIL_BENCH_DATABASE``) and a
+broker prefix of its own (``vigilbench``, or ``VIGIL_BENCH_PREFIX``), so it neither reads
+nor disturbs a running Vigil. Results are ratios: ours / raw. ``python -m bench read``
+runs only the parts named (ingest, read, relay, scoring).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ _DB = os.environ["VIGIL_BENCH_DATABASE"]
 os.environ["VIGIL_DATABASE_URL"] = f"postgresql://vigil_app@127.0.0.1:5432/{_DB}"
 os.environ["VIGIL_RELAY_DATABASE_URL"] = f"postgresql://vigil_relay@127.0.0.1:5432/{_DB}"
 os.environ["VIGIL_OWNER_DATABASE_URL"] = f"postgresql://vigil_owner@127.0.0.1:5432/{_DB}"
-os.environ["VIGIL_AMQP_PREFIX"] = "vigilbench"
+os.environ["VIGIL_AMQP_PREFIX"] = os.environ.get("VIGIL_BENCH_PREFIX", "vigilbench")
 os.environ.setdefault("VIGIL_LOG_LEVEL", "WARNING")
 
 from pathlib import Path  # noqa: E402
@@ -26,7 +28,7 @@ from adapters.broker import Names, declare_topology, delete_topology  # noqa: E4
 from adapters.database import make_engine  # noqa: E402
 from adapters.settings import get_settings  # noqa: E402
 from adapters.tenants import create_tenant  # noqa: E402
-from bench import ingest, relay, scoring  # noqa: E402
+from bench import ingest, read, relay, scoring  # noqa: E402
 from vigil.processes import Processes, child_environment, wait_until_ready  # noqa: E402
 
 HEADER = ["what", "Vigil", "raw baseline", "ratio"]
@@ -71,25 +73,41 @@ async def _teardown() -> None:
         await delete_topology(channel, Names(settings.amqp_prefix))
 
 
-def main() -> int:
+PARTS = ("ingest", "read", "relay", "scoring")
+
+
+def main(argv: list[str]) -> int:
     from vigil.cli import main as vigil
 
+    parts = argv or list(PARTS)
+    if unknown := set(parts) - set(PARTS):
+        raise SystemExit(f"unknown parts {sorted(unknown)}: choose among {', '.join(PARTS)}")
     vigil(["migrate"])
     settings = get_settings()
     tenant_id = asyncio.run(_setup())
     port = _free_port()
+    base_url = f"http://127.0.0.1:{port}"
     processes = Processes(
-        child_environment(VIGIL_PORTAL_PORT=str(port), VIGIL_ENVIRONMENT="test"),
+        # The benchmark is one tenant sending as fast as it can: no rate limit.
+        child_environment(
+            VIGIL_PORTAL_PORT=str(port), VIGIL_ENVIRONMENT="test", VIGIL_RATE_LIMIT_REQUESTS="0"
+        ),
         Path(".cache/bench-logs"),
     )
     rows: list[list[str]] = []
     try:
-        processes.start("portal")
-        wait_until_ready(f"http://127.0.0.1:{port}/health/ready")
-        rows += asyncio.run(ingest.compare(settings, tenant_id, f"http://127.0.0.1:{port}"))
+        if "ingest" in parts or "read" in parts:
+            processes.start("portal")
+            wait_until_ready(f"{base_url}/health/ready")
+        if "ingest" in parts:
+            rows += asyncio.run(ingest.compare(settings, tenant_id, base_url))
+        if "read" in parts:
+            rows += asyncio.run(read.compare(settings, base_url))
         processes.stop()
-        rows += asyncio.run(relay.compare(settings, tenant_id))
-        rows += asyncio.run(scoring.compare(settings, tenant_id))
+        if "relay" in parts:
+            rows += asyncio.run(relay.compare(settings, tenant_id))
+        if "scoring" in parts:
+            rows += asyncio.run(scoring.compare(settings, tenant_id))
     finally:
         processes.stop()
         asyncio.run(_teardown())
@@ -98,4 +116,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))
