@@ -16,10 +16,13 @@ class DriverError(Exception):
         self.sqlstate = sqlstate
 
 
-def raised(error: BaseException) -> BaseException:
-    with pytest.raises(BaseException) as caught, translate_errors():
-        raise error
-    return caught.value
+def raised(error: Exception) -> Exception:
+    try:
+        with translate_errors():
+            raise error
+    except Exception as found:
+        return found
+    raise AssertionError("nothing was raised")
 
 
 @pytest.mark.parametrize("sqlstate", ["40001", "40P01", "53300", "57P01", "08006"])
