@@ -33,6 +33,7 @@ from adapters import tables
 from adapters.database import translate_errors
 from adapters.unit_of_work import SqlUnitOfWork
 from domain.audit import AuditEntry
+from domain.scoring import AlertRecord
 
 MAX_PAGE = 100
 # A case's alerts are shown newest first, at most this many.
@@ -89,19 +90,6 @@ class AssessmentRow:
     alert: bool
     explanation: dict[str, Any]
     scored_at: datetime
-
-
-@dataclass(frozen=True, slots=True)
-class AlertRow:
-    alert_id: uuid.UUID
-    assessment_id: uuid.UUID
-    event_id: uuid.UUID
-    subject_id: uuid.UUID
-    case_id: uuid.UUID
-    score: int
-    band: str
-    typologies: list[str]
-    created_at: datetime
 
 
 @dataclass(frozen=True, slots=True)
@@ -218,11 +206,11 @@ class ReadStore:
             for row in rows
         }
 
-    async def alerts_of_cases(self, case_ids: Sequence[uuid.UUID]) -> list[AlertRow]:
+    async def alerts_of_cases(self, case_ids: Sequence[uuid.UUID]) -> list[AlertRecord]:
         """Each case's newest alerts, at most :data:`MAX_ALERTS_PER_CASE` a case."""
         ranked = (
             select(
-                *_columns(tables.alerts, AlertRow),
+                *_columns(tables.alerts, AlertRecord),
                 func.row_number()
                 .over(partition_by=_al.case_id, order_by=(_al.created_at.desc(), _al.alert_id))
                 .label("rank"),
@@ -231,11 +219,11 @@ class ReadStore:
             .subquery()
         )
         query = (
-            select(*[ranked.c[field.name] for field in fields(AlertRow)])
+            select(*[ranked.c[field.name] for field in fields(AlertRecord)])
             .where(ranked.c.rank <= MAX_ALERTS_PER_CASE)
             .order_by(ranked.c.case_id, ranked.c.rank)
         )
-        return _as(AlertRow, await self._all(query))
+        return _alerts(await self._all(query))
 
     # -- subjects, events, assessments, alerts by id -----------------------------------
 
@@ -257,11 +245,11 @@ class ReadStore:
         )
         return _as(AssessmentRow, await self._all(query))
 
-    async def alerts_by_ids(self, ids: Sequence[uuid.UUID]) -> list[AlertRow]:
-        query = select(*_columns(tables.alerts, AlertRow)).where(
+    async def alerts_by_ids(self, ids: Sequence[uuid.UUID]) -> list[AlertRecord]:
+        query = select(*_columns(tables.alerts, AlertRecord)).where(
             _al.tenant_id == self._tenant_id, _al.alert_id.in_(list(ids))
         )
-        return _as(AlertRow, await self._all(query))
+        return _alerts(await self._all(query))
 
     # -- lists in time order -------------------------------------------------------------
 
@@ -321,6 +309,12 @@ class ReadStore:
         with translate_errors():
             rows: Sequence[Any] = (await self._connection.execute(query)).all()
             return rows
+
+
+def _alerts(rows: Sequence[Any]) -> list[AlertRecord]:
+    return [
+        AlertRecord(**{**dict(row._mapping), "typologies": tuple(row.typologies)}) for row in rows
+    ]
 
 
 def _case_conditions(where: CaseFilter) -> list[ColumnElement[bool]]:

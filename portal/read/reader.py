@@ -21,7 +21,6 @@ from strawberry.types import ExecutionResult
 
 from adapters.auth import Principal, Role
 from adapters.read_store import (
-    AlertRow,
     AssessmentRow,
     CaseRow,
     ReadSession,
@@ -29,6 +28,7 @@ from adapters.read_store import (
 )
 from domain.audit import AuditEntry
 from domain.ids import new_id
+from domain.scoring import AlertRecord
 
 T = TypeVar("T")
 
@@ -51,7 +51,7 @@ class Reader:
         self.latest_assessment: DataLoader[uuid.UUID, AssessmentRow | None] = DataLoader(
             self._latest_assessments
         )
-        self.case_alerts: DataLoader[uuid.UUID, list[AlertRow]] = DataLoader(self._case_alerts)
+        self.case_alerts: DataLoader[uuid.UUID, list[AlertRecord]] = DataLoader(self._case_alerts)
 
     async def read(self, reading: Callable[[ReadStore], Awaitable[T]]) -> T:
         return await self.session.read(reading)
@@ -93,9 +93,9 @@ class Reader:
         found = await self.read(lambda store: store.latest_assessments(keys))
         return [found.get(key) for key in keys]
 
-    async def _case_alerts(self, keys: list[uuid.UUID]) -> list[list[AlertRow]]:
+    async def _case_alerts(self, keys: list[uuid.UUID]) -> list[list[AlertRecord]]:
         rows = await self.read(lambda store: store.alerts_of_cases(keys))
-        by_case: dict[uuid.UUID, list[AlertRow]] = {key: [] for key in keys}
+        by_case: dict[uuid.UUID, list[AlertRecord]] = {key: [] for key in keys}
         for row in rows:
             by_case[row.case_id].append(row)
         return [by_case[key] for key in keys]

@@ -10,24 +10,29 @@ resolves to null, and the answer is the same in both cases.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from enum import Enum
-from typing import Any, Self
+from typing import Any, Self, TypeVar
 
 import strawberry
 from strawberry import relay
+from strawberry.dataloader import DataLoader
 from strawberry.scalars import JSON
 
 from adapters.read_store import (
-    AlertRow,
     AssessmentRow,
     AuditRow,
     CaseRow,
     EventRow,
     SubjectRow,
 )
+from domain.scoring import AlertRecord
 from portal.read.access import AUDIT_READERS, READERS, reader_for
+from portal.read.reader import Reader
+
+Row = TypeVar("Row")
+N = TypeVar("N")
 
 
 @strawberry.enum(description="Where a case stands in its review.")
@@ -68,7 +73,7 @@ class Explanation:
     rules: list[RuleOutcome]
 
     @classmethod
-    def of(cls, document: dict[str, Any]) -> Explanation:
+    def of(cls, document: dict[str, Any]) -> Self:
         return cls(
             score=int(document["score"]),
             band=RiskBand(document["band"]),
@@ -100,6 +105,29 @@ def _uuids(node_ids: Iterable[str]) -> list[uuid.UUID | None]:
     return found
 
 
+async def _resolve(
+    info: strawberry.Info,
+    node_ids: Iterable[str],
+    loader: Callable[[Reader], DataLoader[uuid.UUID, Row | None]],
+    make: Callable[[Row], N],
+    *,
+    audited: str | None = None,
+) -> list[N | None]:
+    """Nodes by id through the caller's loaders, None for an id that is not visible; a
+    regulator's read of an ``audited`` entity is noted."""
+    reader = reader_for(info, READERS)
+    found: list[N | None] = []
+    for key in _uuids(node_ids):
+        row = None if key is None else await loader(reader).load(key)
+        if row is None or key is None:
+            found.append(None)
+            continue
+        if audited is not None:
+            reader.note_read(audited, key, audited)
+        found.append(make(row))
+    return found
+
+
 @strawberry.type(description="An account or a customer that events are about.")
 class Subject(relay.Node):
     id: relay.NodeID[str]
@@ -110,7 +138,7 @@ class Subject(relay.Node):
     updated_at: datetime | None
 
     @classmethod
-    def of(cls, row: SubjectRow) -> Subject:
+    def of(cls, row: SubjectRow) -> Self:
         return cls(
             id=str(row.subject_id),
             kind=row.kind,
@@ -124,11 +152,7 @@ class Subject(relay.Node):
     async def resolve_nodes(  # type: ignore[override]
         cls, *, info: strawberry.Info, node_ids: Iterable[str], required: bool = False
     ) -> list[Self | None]:
-        reader = reader_for(info, READERS)
-        rows = [
-            None if key is None else await reader.subjects.load(key) for key in _uuids(node_ids)
-        ]
-        return [None if row is None else cls.of(row) for row in rows]  # type: ignore[misc]
+        return await _resolve(info, node_ids, lambda reader: reader.subjects, cls.of)
 
     @strawberry.field(description="Events the subject sent or received, newest first.")
     async def events(
@@ -160,7 +184,7 @@ class Event(relay.Node):
     counterparty_id: strawberry.Private[uuid.UUID | None]
 
     @classmethod
-    def of(cls, row: EventRow) -> Event:
+    def of(cls, row: EventRow) -> Self:
         return cls(
             id=str(row.event_id),
             type=row.event_type,
@@ -177,9 +201,7 @@ class Event(relay.Node):
     async def resolve_nodes(  # type: ignore[override]
         cls, *, info: strawberry.Info, node_ids: Iterable[str], required: bool = False
     ) -> list[Self | None]:
-        reader = reader_for(info, READERS)
-        rows = [None if key is None else await reader.events.load(key) for key in _uuids(node_ids)]
-        return [None if row is None else cls.of(row) for row in rows]  # type: ignore[misc]
+        return await _resolve(info, node_ids, lambda reader: reader.events, cls.of)
 
     @strawberry.field
     async def subject(self, info: strawberry.Info) -> Subject | None:
@@ -206,7 +228,7 @@ class RiskAssessment(relay.Node):
     event_id: strawberry.Private[uuid.UUID]
 
     @classmethod
-    def of(cls, row: AssessmentRow) -> RiskAssessment:
+    def of(cls, row: AssessmentRow) -> Self:
         return cls(
             id=str(row.assessment_id),
             ruleset_version=row.ruleset_version,
@@ -222,14 +244,9 @@ class RiskAssessment(relay.Node):
     async def resolve_nodes(  # type: ignore[override]
         cls, *, info: strawberry.Info, node_ids: Iterable[str], required: bool = False
     ) -> list[Self | None]:
-        reader = reader_for(info, READERS)
-        found: list[Self | None] = []
-        for key in _uuids(node_ids):
-            row = None if key is None else await reader.assessments.load(key)
-            if row is not None:
-                reader.note_read("assessment", row.assessment_id, "assessment")
-            found.append(None if row is None else cls.of(row))  # type: ignore[arg-type]
-        return found
+        return await _resolve(
+            info, node_ids, lambda reader: reader.assessments, cls.of, audited="assessment"
+        )
 
     @strawberry.field
     async def event(self, info: strawberry.Info) -> Event | None:
@@ -249,7 +266,7 @@ class Alert(relay.Node):
     case_id: strawberry.Private[uuid.UUID]
 
     @classmethod
-    def of(cls, row: AlertRow) -> Alert:
+    def of(cls, row: AlertRecord) -> Self:
         return cls(
             id=str(row.alert_id),
             score=row.score,
@@ -265,9 +282,7 @@ class Alert(relay.Node):
     async def resolve_nodes(  # type: ignore[override]
         cls, *, info: strawberry.Info, node_ids: Iterable[str], required: bool = False
     ) -> list[Self | None]:
-        reader = reader_for(info, READERS)
-        rows = [None if key is None else await reader.alerts.load(key) for key in _uuids(node_ids)]
-        return [None if row is None else cls.of(row) for row in rows]  # type: ignore[misc]
+        return await _resolve(info, node_ids, lambda reader: reader.alerts, cls.of)
 
     @strawberry.field
     async def assessment(self, info: strawberry.Info) -> RiskAssessment | None:
@@ -298,7 +313,7 @@ class Case(relay.Node):
     subject_id: strawberry.Private[uuid.UUID]
 
     @classmethod
-    def of(cls, row: CaseRow) -> Case:
+    def of(cls, row: CaseRow) -> Self:
         return cls(
             id=str(row.case_id),
             status=CaseStatus(row.status),
@@ -316,14 +331,7 @@ class Case(relay.Node):
     async def resolve_nodes(  # type: ignore[override]
         cls, *, info: strawberry.Info, node_ids: Iterable[str], required: bool = False
     ) -> list[Self | None]:
-        reader = reader_for(info, READERS)
-        found: list[Self | None] = []
-        for key in _uuids(node_ids):
-            row = None if key is None else await reader.cases.load(key)
-            if row is not None:
-                reader.note_read("case", row.case_id, "case")
-            found.append(None if row is None else cls.of(row))  # type: ignore[arg-type]
-        return found
+        return await _resolve(info, node_ids, lambda reader: reader.cases, cls.of, audited="case")
 
     @strawberry.field(description="Whether the SLA due time has passed on a case not closed.")
     def sla_breached(self) -> bool:
@@ -371,7 +379,7 @@ class AuditRecord:
     details: JSON
 
     @classmethod
-    def of(cls, row: AuditRow) -> AuditRecord:
+    def of(cls, row: AuditRow) -> Self:
         return cls(
             seq=row.seq,
             record_id=strawberry.ID(str(row.record_id)),

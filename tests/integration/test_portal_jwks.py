@@ -49,22 +49,27 @@ class IdentityProvider:
         return json.dumps({"keys": listed}).encode()
 
     def sign(self, kid: str, key: rsa.RSAPrivateKey | None = None, **changes: Any) -> str:
-        now = int(time.time())
-        claims: dict[str, Any] = {
-            "sub": "analyst@bank",
-            "tid": str(TENANT),
-            "roles": ["analyst"],
-            "iss": ISSUER,
-            "aud": AUDIENCE,
-            "iat": now,
-            "exp": now + 300,
-        }
-        claims.update(changes)
+        claims = token_claims(**changes)
         signer = key or self.keys[kid]
         return jwt.encode(claims, signer, algorithm="RS256", headers={"kid": kid})
 
 
 TENANT = uuid.UUID("0190a8f2-7c1e-7d3a-9b4f-2a6c8e0d1f35")
+
+
+def token_claims(**changes: Any) -> dict[str, Any]:
+    """An analyst's claims, as the identity provider issues them, with ``changes``."""
+    now = int(time.time())
+    claims: dict[str, Any] = {
+        "sub": "analyst@bank",
+        "tid": str(TENANT),
+        "roles": ["analyst"],
+        "iss": ISSUER,
+        "aud": AUDIENCE,
+        "iat": now,
+        "exp": now + 300,
+    }
+    return claims | changes
 
 
 def hmac_signed(claims: dict[str, Any], secret: bytes, *, kid: str) -> str:
@@ -157,40 +162,19 @@ async def test_forged_expired_and_misaddressed_tokens_are_refused(
         "wrong audience": provider.sign("k1", aud="another-api"),
         "wrong issuer": provider.sign("k1", iss="https://mallory.test"),
         "HS256 with the shared secret": jwt.encode(
-            {
-                "sub": "x",
-                "tid": str(TENANT),
-                "roles": ["admin"],
-                "iss": ISSUER,
-                "aud": AUDIENCE,
-                "exp": now + 60,
-            },
+            token_claims(roles=["admin"]),
             settings.jwt_secret.get_secret_value(),
             algorithm="HS256",
             headers={"kid": "k1"},
         ),
         # The classic confusion: the public key used as an HMAC secret.
         "HS256 keyed with the public key": hmac_signed(
-            {
-                "sub": "x",
-                "tid": str(TENANT),
-                "roles": ["admin"],
-                "iss": ISSUER,
-                "aud": AUDIENCE,
-                "exp": now + 60,
-            },
+            token_claims(roles=["admin"]),
             public_pem,
             kid="k1",
         ),
         "no kid": jwt.encode(
-            {
-                "sub": "x",
-                "tid": str(TENANT),
-                "roles": ["analyst"],
-                "iss": ISSUER,
-                "aud": AUDIENCE,
-                "exp": now + 60,
-            },
+            token_claims(roles=["analyst"]),
             provider.keys["k1"],
             algorithm="RS256",
         ),
