@@ -193,3 +193,28 @@ def _node_id(global_value: str) -> str:
     from strawberry.relay import from_base64
 
     return from_base64(global_value)[1]
+
+
+async def test_a_failure_while_reading_is_masked_as_internal(
+    portal: Portal,
+    settings: Settings,
+    tenant: uuid.UUID,
+    uow_factory: Any,
+    transaction_event: Any,
+    owner_engine: AsyncEngine,
+) -> None:
+    await seed_cases(uow_factory, tenant, transaction_event, 1)
+    bearer = analyst(settings, tenant)
+    case_id = ids(await review(portal, bearer))[0]
+    async with owner_engine.begin() as connection:
+        # An explanation the reader cannot make sense of: a defect, not the client's fault.
+        await connection.execute(
+            text("UPDATE assessments SET explanation = '{\"secret\": 1}' WHERE tenant_id = :t"),
+            {"t": tenant},
+        )
+
+    body = await portal.graphql(CASE_WITH_EXPLANATION, {"id": case_id}, token=bearer)
+
+    assert error_codes(body) == ["INTERNAL"]
+    assert body["errors"][0]["message"] == "internal error"
+    assert "secret" not in str(body)
