@@ -309,3 +309,18 @@ async def test_a_read_that_finds_no_free_connection_is_unavailable_not_internal(
             )
 
     assert error_codes(body) == ["UNAVAILABLE"]
+
+
+async def test_a_regulator_s_read_that_cannot_be_recorded_is_not_answered(
+    portal: Portal, settings: Settings
+) -> None:
+    # A tenant with no audit chain: the read's record cannot be sealed at the end.
+    nowhere = uuid.uuid4()
+    regulator = token(settings, nowhere, Role.REGULATOR)
+
+    body = await portal.graphql(
+        OPERATIONS["auditTrail"][0], {"id": global_id("Case", uuid.uuid4())}, token=regulator
+    )
+
+    assert body["data"] is None
+    assert error_codes(body) == ["FORBIDDEN"]
