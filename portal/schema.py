@@ -14,6 +14,7 @@ from typing import Annotated, Any
 
 import strawberry
 from litestar.connection import ASGIConnection
+from litestar.enums import ScopeType
 from strawberry.litestar import BaseContext
 from strawberry.scalars import JSON
 
@@ -50,11 +51,16 @@ async def context_of(request: ASGIConnection[Any, Any, Any, Any]) -> Context:
     resources = resources_of(request.app.state)
     correlation_id = correlation_id_of(request)
     principal = identity.principal
+    # A reader lives for one HTTP request: its session holds a transaction and its
+    # loaders a cache, neither of which may last as long as a WebSocket.
+    per_request = request.scope["type"] == ScopeType.HTTP
     return Context(
         identity=identity,
         correlation_id=correlation_id,
         uow_factory=resources.uow_factory,
-        reader=None if principal is None else Reader(resources.engine, principal, correlation_id),
+        reader=Reader(resources.engine, principal, correlation_id)
+        if principal is not None and per_request
+        else None,
     )
 
 
