@@ -23,10 +23,12 @@ the whole table of what is allowed; anything not in it is refused with
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from enum import StrEnum
+from typing import Any
 
 from domain.case_policy import CasePolicy
 from domain.cases import Case, CaseStatus, Decision, Disposition, Proposal
@@ -99,6 +101,21 @@ class Actor:
 
     name: str
     roles: frozenset[str]
+
+
+@dataclass(frozen=True, slots=True)
+class Transition:
+    """One step of a case's history; ``version`` is the case's version after it."""
+
+    case_id: uuid.UUID
+    version: int
+    action: Action
+    from_status: CaseStatus
+    to_status: CaseStatus
+    actor: str
+    roles: frozenset[str]
+    taken_at: datetime
+    details: Mapping[str, Any] = field(default_factory=dict)
 
 
 def next_status(status: CaseStatus, action: Action) -> CaseStatus:

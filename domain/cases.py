@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from enum import StrEnum
+from typing import Any
 
 from domain.rules import Band
 
@@ -137,3 +138,87 @@ def join_alert(
         version=case.version + 1,
         typologies=tuple(sorted({*case.typologies, *typologies})),
     )
+
+
+def case_data(case: Case) -> dict[str, Any]:
+    """The case as JSON: the data of its ``case.*`` messages and audit records, and the
+    stored answer to a client mutation id (read back by :func:`case_from_data`)."""
+    proposal, decision = case.proposal, case.decision
+    return {
+        "caseId": str(case.case_id),
+        "subjectId": str(case.subject_id),
+        "status": case.status.value,
+        "band": case.band.value,
+        "priority": case.priority,
+        "queue": case.queue,
+        "typologies": list(case.typologies),
+        "assignee": case.assignee,
+        "version": case.version,
+        "openedAt": case.opened_at.isoformat(),
+        "slaDueAt": case.sla_due_at.isoformat(),
+        "slaBreachedAt": _time(case.sla_breached_at),
+        "alertCount": case.alert_count,
+        "closedAt": _time(case.closed_at),
+        "proposal": None
+        if proposal is None
+        else {
+            "disposition": proposal.disposition.value,
+            "rationale": proposal.rationale,
+            "proposedBy": proposal.proposed_by,
+            "proposedAt": proposal.proposed_at.isoformat(),
+        },
+        "decision": None
+        if decision is None
+        else {
+            "approved": decision.approved,
+            "decidedBy": decision.decided_by,
+            "roles": sorted(decision.roles),
+            "decidedAt": decision.decided_at.isoformat(),
+            "reason": decision.reason,
+        },
+    }
+
+
+def case_from_data(data: Mapping[str, Any]) -> Case:
+    proposal, decision = data.get("proposal"), data.get("decision")
+    return Case(
+        case_id=uuid.UUID(data["caseId"]),
+        subject_id=uuid.UUID(data["subjectId"]),
+        status=CaseStatus(data["status"]),
+        band=Band(data["band"]),
+        priority=data["priority"],
+        opened_at=datetime.fromisoformat(data["openedAt"]),
+        sla_due_at=datetime.fromisoformat(data["slaDueAt"]),
+        alert_count=data["alertCount"],
+        version=data["version"],
+        queue=data["queue"],
+        typologies=tuple(data["typologies"]),
+        assignee=data["assignee"],
+        proposal=None
+        if proposal is None
+        else Proposal(
+            Disposition(proposal["disposition"]),
+            proposal["rationale"],
+            proposal["proposedBy"],
+            datetime.fromisoformat(proposal["proposedAt"]),
+        ),
+        decision=None
+        if decision is None
+        else Decision(
+            decision["approved"],
+            decision["decidedBy"],
+            frozenset(decision["roles"]),
+            datetime.fromisoformat(decision["decidedAt"]),
+            decision["reason"],
+        ),
+        sla_breached_at=_parse_time(data.get("slaBreachedAt")),
+        closed_at=_parse_time(data.get("closedAt")),
+    )
+
+
+def _time(moment: datetime | None) -> str | None:
+    return moment.isoformat() if moment is not None else None
+
+
+def _parse_time(text: str | None) -> datetime | None:
+    return datetime.fromisoformat(text) if text is not None else None

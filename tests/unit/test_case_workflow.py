@@ -14,7 +14,15 @@ from hypothesis import strategies as st
 from domain import case_workflow as wf
 from domain.case_policy import DEFAULT_POLICY, CasePolicy, QueueRoute, parse_policy
 from domain.case_workflow import ANALYST, SUPERVISOR, TRANSITIONS, Action, Actor
-from domain.cases import Case, CaseStatus, Disposition, Proposal, open_case
+from domain.cases import (
+    Case,
+    CaseStatus,
+    Disposition,
+    Proposal,
+    case_data,
+    case_from_data,
+    open_case,
+)
 from domain.errors import (
     CaseError,
     ForbiddenRole,
@@ -264,3 +272,10 @@ def test_a_bad_policy_is_refused_naming_its_field(document: dict[str, object], f
     with pytest.raises(InvalidCaseInput) as refused:
         parse_policy(document)
     assert refused.value.field == field
+
+
+def test_a_case_reads_back_from_its_data_as_it_was() -> None:
+    rejected = wf.reject(pending(), BOB, "again", 3, NOW)
+    closed = wf.approve(pending(), BOB, 3, NOW)
+    for case in (a_case(), pending(), rejected, closed, replace(closed, sla_breached_at=NOW)):
+        assert case_from_data(case_data(case)) == case
