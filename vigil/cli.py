@@ -171,6 +171,20 @@ def _reconcile(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sla(args: argparse.Namespace) -> int:
+    from workers.sla_sweeper import SlaSweeper
+
+    settings = get_settings()
+    tenant_id = _tenant_id(args.tenant) if args.tenant else None
+
+    async def run() -> int:
+        async with _scoring_resources() as (engine, _):
+            return await SlaSweeper.from_settings(settings, engine).run_once(tenant_id)
+
+    print(f"{asyncio.run(run())} cases flagged as past their SLA")
+    return 0
+
+
 def _failures(args: argparse.Namespace) -> int:
     from workers.reconciler import list_failures
 
@@ -259,6 +273,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="take events accepted this long ago or more (default: the setting)",
     )
     reconcile.set_defaults(handler=_reconcile)
+
+    sla = commands.add_parser(
+        "sla", help="flag the cases past their SLA and emit case.sla_breached (one pass)"
+    )
+    sla.add_argument("--tenant", help="tenant id or slug (default: every tenant)")
+    sla.set_defaults(handler=_sla)
 
     failures = commands.add_parser("failures", help="list a tenant's events that failed scoring")
     failures.add_argument("tenant", help="tenant id or slug")
