@@ -1,4 +1,5 @@
-"""The GraphQL schema: who am I, and the ingestion of compliance events.
+"""The GraphQL schema: who am I, the ingestion of compliance events, and the review of
+cases (:mod:`portal.case_mutations`).
 
 An event's ``data`` is a JSON scalar on purpose: GraphQL checks only the envelope, and the
 domain validates each event on its own (:func:`domain.events.parse_event`), so that one
@@ -20,6 +21,7 @@ from adapters.auth import Role
 from adapters.metrics import EVENTS_INGESTED
 from domain.ports import UnitOfWorkFactory
 from portal.auth import Identity, authenticated, authorize
+from portal.case_mutations import CaseMutation
 from portal.errors import BadRequest
 from portal.requests import correlation_id_of
 from portal.resources import resources_of
@@ -156,7 +158,7 @@ class Query:
 
 
 @strawberry.type
-class Mutation:
+class Mutation(CaseMutation):
     ingest_events: IngestEventsPayload = strawberry.mutation(
         resolver=resolve_ingest_events,
         description="Store compliance events; each is answered on its own.",

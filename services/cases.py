@@ -22,9 +22,9 @@ from typing import Any
 
 from domain import case_workflow as workflow
 from domain.audit import AuditEntry
-from domain.case_notes import Comment, Evidence, edited, new_comment
+from domain.case_notes import MAX_EVIDENCE_PER_STEP, Comment, Evidence, edited, new_comment
 from domain.case_notes import evidence as evidence_of
-from domain.case_policy import CasePolicy
+from domain.case_policy import QUEUE_NAME, CasePolicy
 from domain.case_workflow import Action, Actor, Transition
 from domain.cases import Case, Disposition, case_data, case_from_data
 from domain.errors import (
@@ -117,6 +117,9 @@ async def claim_next(
     earliest due time. Concurrent claims skip each other's case, so no case goes to two
     analysts."""
 
+    if queue is not None and not QUEUE_NAME.fullmatch(queue):
+        raise InvalidCaseInput("no such queue name", field="queue")
+
     async def decide(uow: UnitOfWork, case: Case, policy: CasePolicy, now: datetime) -> _Step:
         return _Step(Action.CLAIM, workflow.claim(case, command.actor, case.version))
 
@@ -150,8 +153,10 @@ async def comment_on_case(
     evidence: Sequence[EvidenceRef] = (),
 ) -> StepResult:
     """A comment (or the next version of one, by its author), with evidence references."""
-    if len(evidence) > 20:
-        raise InvalidCaseInput("at most 20 evidence references at once", field="evidence")
+    if len(evidence) > MAX_EVIDENCE_PER_STEP:
+        raise InvalidCaseInput(
+            f"at most {MAX_EVIDENCE_PER_STEP} evidence references at once", field="evidence"
+        )
 
     async def decide(uow: UnitOfWork, case: Case, policy: CasePolicy, now: datetime) -> _Step:
         after = workflow.comment(case, command.actor, _version(command))

@@ -1,0 +1,487 @@
+"""The GraphQL mutations of case review, named object first: ``caseClaim``,
+``caseAssign``, ``caseComment``, ``caseProposeDisposition``, ``caseApproveDisposition``,
+``caseRejectDisposition``, ``caseEscalate``, ``caseReopen``.
+
+Each takes one input with the case's id, the version the caller read and an optional
+``clientMutationId``, and answers a payload: the case as the step left it, or typed
+errors (``STALE_VERSION``, ``TRANSITION_NOT_ALLOWED``, ``FOUR_EYES``, ``NOT_FOUND``,
+``NOT_ASSIGNEE``, ``FORBIDDEN_ROLE``, ``INVALID_INPUT``) and no case. A refusal is an
+answer, not a GraphQL error: the client acts on its code. A call sent again with the
+same ``clientMutationId`` gets the first answer and acts no second time.
+
+Roles are checked by the domain's table (``domain.case_workflow.ACTION_ROLES``):
+analysts claim, comment, propose and escalate; supervisors assign, unassign, approve,
+reject and reopen.
+
+The payloads return :class:`CaseWorkflowState`, the case's workflow fields only; the
+read side's ``Case`` type can take its place once both are on the same branch.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Awaitable, Callable
+from enum import Enum
+from typing import Any, TypeVar
+
+import strawberry
+
+from domain.case_workflow import Actor
+from domain.cases import Case
+from domain.cases import CaseStatus as DomainCaseStatus
+from domain.cases import Disposition as DomainDisposition
+from domain.errors import CaseError as DomainCaseError
+from domain.errors import InvalidCaseInput
+from portal.auth import authenticated
+from services import cases as review
+from services.cases import Command, EvidenceRef, StepResult
+
+# The domain's enums, as the schema names them.
+strawberry.enum(DomainCaseStatus, name="CaseStatus")
+strawberry.enum(DomainDisposition, name="CaseDisposition")
+
+
+@strawberry.enum(description="Why a review step was refused.")
+class CaseErrorCode(Enum):
+    STALE_VERSION = "STALE_VERSION"
+    TRANSITION_NOT_ALLOWED = "TRANSITION_NOT_ALLOWED"
+    FOUR_EYES = "FOUR_EYES"
+    NOT_FOUND = "NOT_FOUND"
+    NOT_ASSIGNEE = "NOT_ASSIGNEE"
+    FORBIDDEN_ROLE = "FORBIDDEN_ROLE"
+    INVALID_INPUT = "INVALID_INPUT"
+
+
+@strawberry.type(description="A refused review step; nothing of it was written.")
+class CaseError:
+    code: CaseErrorCode
+    field: str | None = strawberry.field(description="The input at fault, when one is.")
+    message: str
+
+
+@strawberry.type
+class CaseProposal:
+    disposition: DomainDisposition
+    rationale: str
+    proposed_by: str
+    proposed_at: str
+
+
+@strawberry.type(description="A supervisor's answer to a proposal.")
+class CaseDecision:
+    approved: bool
+    decided_by: str
+    decided_at: str
+    reason: str | None
+
+
+@strawberry.type(description="A case's place in review, as a step left it.")
+class CaseWorkflowState:
+    id: strawberry.ID
+    status: DomainCaseStatus
+    version: int = strawberry.field(description="Send it back as expectedVersion.")
+    assignee: str | None
+    queue: str
+    band: str
+    priority: int
+    typologies: list[str]
+    sla_due_at: str
+    sla_breached: bool
+    proposal: CaseProposal | None
+    decision: CaseDecision | None
+
+
+@strawberry.type
+class CaseCommentWritten:
+    comment_id: strawberry.ID
+    version: int = strawberry.field(description="1 for a new comment; an edit adds one.")
+    evidence_ids: list[strawberry.ID]
+
+
+@strawberry.type
+class CaseMutationPayload:
+    client_mutation_id: str | None
+    case: CaseWorkflowState | None = strawberry.field(description="Null when refused.")
+    errors: list[CaseError]
+
+
+@strawberry.type
+class CaseClaimPayload(CaseMutationPayload):
+    pass
+
+
+@strawberry.type
+class CaseAssignPayload(CaseMutationPayload):
+    pass
+
+
+@strawberry.type
+class CaseCommentPayload(CaseMutationPayload):
+    comment: CaseCommentWritten | None = None
+
+
+@strawberry.type
+class CaseProposeDispositionPayload(CaseMutationPayload):
+    pass
+
+
+@strawberry.type
+class CaseApproveDispositionPayload(CaseMutationPayload):
+    pass
+
+
+@strawberry.type
+class CaseRejectDispositionPayload(CaseMutationPayload):
+    pass
+
+
+@strawberry.type
+class CaseEscalatePayload(CaseMutationPayload):
+    pass
+
+
+@strawberry.type
+class CaseReopenPayload(CaseMutationPayload):
+    pass
+
+
+@strawberry.input(description="Claim a case by id, or the next one of a queue.")
+class CaseClaimInput:
+    case_id: strawberry.ID | None = strawberry.field(
+        default=None, description="Leave out to claim the next case of `queue`."
+    )
+    expected_version: int | None = strawberry.field(
+        default=None, description="Required with caseId."
+    )
+    queue: str | None = strawberry.field(
+        default=None, description="Without caseId: this queue, or every queue when null."
+    )
+    client_mutation_id: str | None = None
+
+
+@strawberry.input
+class CaseAssignInput:
+    case_id: strawberry.ID
+    expected_version: int
+    assignee: str | None = strawberry.field(description="Null takes the case back to its queue.")
+    client_mutation_id: str | None = None
+
+
+@strawberry.input(description="A document id or a URL, with the SHA-256 of its content.")
+class CaseEvidenceInput:
+    document_id: str | None = None
+    url: str | None = None
+    sha256: str = strawberry.field(description="64 lower-case hex digits.")
+    description: str = ""
+
+
+@strawberry.input
+class CaseCommentInput:
+    case_id: strawberry.ID
+    expected_version: int
+    body: str
+    comment_id: strawberry.ID | None = strawberry.field(
+        default=None, description="Edit this comment of yours: its next version is written."
+    )
+    evidence: list[CaseEvidenceInput] = strawberry.field(default_factory=list)
+    client_mutation_id: str | None = None
+
+
+@strawberry.input
+class CaseProposeDispositionInput:
+    case_id: strawberry.ID
+    expected_version: int
+    disposition: DomainDisposition
+    rationale: str
+    client_mutation_id: str | None = None
+
+
+@strawberry.input
+class CaseApproveDispositionInput:
+    case_id: strawberry.ID
+    expected_version: int
+    client_mutation_id: str | None = None
+
+
+@strawberry.input
+class CaseReasonedInput:
+    case_id: strawberry.ID
+    expected_version: int
+    reason: str
+    client_mutation_id: str | None = None
+
+
+@strawberry.input
+class CaseRejectDispositionInput(CaseReasonedInput):
+    pass
+
+
+@strawberry.input
+class CaseEscalateInput(CaseReasonedInput):
+    pass
+
+
+@strawberry.input
+class CaseReopenInput(CaseReasonedInput):
+    pass
+
+
+Step = Callable[[Command], Awaitable[StepResult]]
+P = TypeVar("P", bound=CaseMutationPayload)
+# The schema's context (portal.schema.Context), which imports this module.
+Info = strawberry.Info[Any, None]
+
+
+async def _step(
+    info: Info,
+    payload: type[P],
+    case_id: strawberry.ID | None,
+    expected_version: int | None,
+    client_mutation_id: str | None,
+    step: Step,
+) -> P:
+    principal = authenticated(info.context.identity)
+    actor = Actor(principal.subject, frozenset(role.value for role in principal.roles))
+    try:
+        command = Command(
+            tenant_id=principal.tenant_id,
+            actor=actor,
+            case_id=_case_id(case_id),
+            expected_version=expected_version,
+            client_mutation_id=client_mutation_id,
+            correlation_id=info.context.correlation_id,
+        )
+        result = await step(command)
+    except DomainCaseError as error:
+        refusal = CaseError(
+            code=CaseErrorCode(error.code), field=error.field, message=error.message
+        )
+        return payload(client_mutation_id=client_mutation_id, case=None, errors=[refusal])
+    answer = payload(client_mutation_id=client_mutation_id, case=_state(result.case), errors=[])
+    if isinstance(answer, CaseCommentPayload) and "commentId" in result.extra:
+        answer.comment = CaseCommentWritten(
+            comment_id=strawberry.ID(result.extra["commentId"]),
+            version=result.extra["commentVersion"],
+            evidence_ids=[strawberry.ID(value) for value in result.extra["evidenceIds"]],
+        )
+    return answer
+
+
+async def resolve_claim(info: Info, input: CaseClaimInput) -> CaseClaimPayload:
+    factory = info.context.uow_factory
+
+    async def step(command: Command) -> StepResult:
+        if input.case_id is None:
+            return await review.claim_next(factory, command, input.queue)
+        return await review.claim_case(factory, command)
+
+    return await _step(
+        info,
+        CaseClaimPayload,
+        input.case_id,
+        input.expected_version,
+        input.client_mutation_id,
+        step,
+    )
+
+
+async def resolve_assign(info: Info, input: CaseAssignInput) -> CaseAssignPayload:
+    factory, assignee = info.context.uow_factory, input.assignee
+
+    async def step(command: Command) -> StepResult:
+        if assignee is None:
+            return await review.unassign_case(factory, command)
+        return await review.assign_case(factory, command, assignee)
+
+    return await _step(
+        info,
+        CaseAssignPayload,
+        input.case_id,
+        input.expected_version,
+        input.client_mutation_id,
+        step,
+    )
+
+
+async def resolve_comment(info: Info, input: CaseCommentInput) -> CaseCommentPayload:
+    factory = info.context.uow_factory
+
+    async def step(command: Command) -> StepResult:
+        refs = [
+            EvidenceRef(item.document_id, item.url, item.sha256, item.description)
+            for item in input.evidence
+        ]
+        edits = _uuid(input.comment_id, "commentId") if input.comment_id else None
+        return await review.comment_on_case(
+            factory, command, input.body, edits=edits, evidence=refs
+        )
+
+    return await _step(
+        info,
+        CaseCommentPayload,
+        input.case_id,
+        input.expected_version,
+        input.client_mutation_id,
+        step,
+    )
+
+
+async def resolve_propose(
+    info: Info, input: CaseProposeDispositionInput
+) -> CaseProposeDispositionPayload:
+    factory = info.context.uow_factory
+
+    async def step(command: Command) -> StepResult:
+        return await review.propose_disposition(
+            factory, command, input.disposition, input.rationale
+        )
+
+    return await _step(
+        info,
+        CaseProposeDispositionPayload,
+        input.case_id,
+        input.expected_version,
+        input.client_mutation_id,
+        step,
+    )
+
+
+async def resolve_approve(
+    info: Info, input: CaseApproveDispositionInput
+) -> CaseApproveDispositionPayload:
+    factory = info.context.uow_factory
+
+    async def step(command: Command) -> StepResult:
+        return await review.approve_disposition(factory, command)
+
+    return await _step(
+        info,
+        CaseApproveDispositionPayload,
+        input.case_id,
+        input.expected_version,
+        input.client_mutation_id,
+        step,
+    )
+
+
+async def resolve_reject(
+    info: Info, input: CaseRejectDispositionInput
+) -> CaseRejectDispositionPayload:
+    factory = info.context.uow_factory
+
+    async def step(command: Command) -> StepResult:
+        return await review.reject_disposition(factory, command, input.reason)
+
+    return await _step(
+        info,
+        CaseRejectDispositionPayload,
+        input.case_id,
+        input.expected_version,
+        input.client_mutation_id,
+        step,
+    )
+
+
+async def resolve_escalate(info: Info, input: CaseEscalateInput) -> CaseEscalatePayload:
+    factory = info.context.uow_factory
+
+    async def step(command: Command) -> StepResult:
+        return await review.escalate_case(factory, command, input.reason)
+
+    return await _step(
+        info,
+        CaseEscalatePayload,
+        input.case_id,
+        input.expected_version,
+        input.client_mutation_id,
+        step,
+    )
+
+
+async def resolve_reopen(info: Info, input: CaseReopenInput) -> CaseReopenPayload:
+    factory = info.context.uow_factory
+
+    async def step(command: Command) -> StepResult:
+        return await review.reopen_case(factory, command, input.reason)
+
+    return await _step(
+        info,
+        CaseReopenPayload,
+        input.case_id,
+        input.expected_version,
+        input.client_mutation_id,
+        step,
+    )
+
+
+@strawberry.type
+class CaseMutation:
+    """Mixed into the schema's ``Mutation``."""
+
+    case_claim: CaseClaimPayload = strawberry.mutation(
+        resolver=resolve_claim, description="Take a case (by id, or the next of a queue)."
+    )
+    case_assign: CaseAssignPayload = strawberry.mutation(
+        resolver=resolve_assign, description="Give a case to an analyst, or take it back."
+    )
+    case_comment: CaseCommentPayload = strawberry.mutation(
+        resolver=resolve_comment, description="Comment, with evidence; an edit is a version."
+    )
+    case_propose_disposition: CaseProposeDispositionPayload = strawberry.mutation(
+        resolver=resolve_propose, description="Propose how to close the case you work."
+    )
+    case_approve_disposition: CaseApproveDispositionPayload = strawberry.mutation(
+        resolver=resolve_approve, description="Approve another's proposal and close the case."
+    )
+    case_reject_disposition: CaseRejectDispositionPayload = strawberry.mutation(
+        resolver=resolve_reject, description="Send a proposal back, with the reason."
+    )
+    case_escalate: CaseEscalatePayload = strawberry.mutation(
+        resolver=resolve_escalate, description="Hand a case up to the supervisors."
+    )
+    case_reopen: CaseReopenPayload = strawberry.mutation(
+        resolver=resolve_reopen, description="Open a closed case again, with the reason."
+    )
+
+
+def _state(case: Case) -> CaseWorkflowState:
+    proposal, decision = case.proposal, case.decision
+    return CaseWorkflowState(
+        id=strawberry.ID(str(case.case_id)),
+        status=case.status,
+        version=case.version,
+        assignee=case.assignee,
+        queue=case.queue,
+        band=case.band.value,
+        priority=case.priority,
+        typologies=list(case.typologies),
+        sla_due_at=case.sla_due_at.isoformat(),
+        sla_breached=case.sla_breached_at is not None,
+        proposal=None
+        if proposal is None
+        else CaseProposal(
+            disposition=proposal.disposition,
+            rationale=proposal.rationale,
+            proposed_by=proposal.proposed_by,
+            proposed_at=proposal.proposed_at.isoformat(),
+        ),
+        decision=None
+        if decision is None
+        else CaseDecision(
+            approved=decision.approved,
+            decided_by=decision.decided_by,
+            decided_at=decision.decided_at.isoformat(),
+            reason=decision.reason,
+        ),
+    )
+
+
+def _case_id(value: strawberry.ID | None) -> uuid.UUID | None:
+    return None if value is None else _uuid(value, "caseId")
+
+
+def _uuid(value: str, field: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(str(value))
+    except ValueError:
+        raise InvalidCaseInput("not an id", field=field) from None
