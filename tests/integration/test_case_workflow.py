@@ -387,3 +387,57 @@ async def test_reject_sends_back_and_reopen_brings_a_closed_case_back(
     assert (reopened.case.status, reopened.case.assignee) == (CaseStatus.OPEN, None)
     actions = [action for action, _ in await audit_of_case(owner_engine, tenant, case_id)]
     assert actions[-4:] == ["case.rejected", "case.proposed", "case.closed", "case.reopened"]
+
+
+CASE_TABLES = (
+    "cases",
+    "case_policies",
+    "case_transitions",
+    "case_comments",
+    "case_evidence",
+    "case_mutations",
+)
+
+
+async def test_another_tenant_sees_none_of_a_cases_review(
+    uow_factory: Any,
+    app_engine: AsyncEngine,
+    owner_engine: AsyncEngine,
+    tenant: uuid.UUID,
+    transaction_event: Any,
+) -> None:
+    await svc.set_case_policy(uow_factory, tenant, {"lowClosesAlone": False}, "admin")
+    (case_id,) = await open_cases(uow_factory, tenant, transaction_event, 1)
+    await svc.comment_on_case(
+        uow_factory,
+        command(tenant, ALICE, case_id, 1, client_mutation_id="c-1"),
+        "seen",
+        evidence=[EvidenceRef(None, "https://x.example/a", "cd" * 32)],
+    )
+    other = uuid.uuid4()
+
+    async with app_engine.connect() as connection:
+        await connection.execute(
+            text("SELECT set_config('vigil.tenant_id', :t, true)"), {"t": str(other)}
+        )
+        for table in CASE_TABLES:
+            seen = (await connection.execute(text(f"SELECT count(*) FROM {table}"))).scalar_one()
+            assert seen == 0, table
+        await connection.rollback()
+    for table in CASE_TABLES:
+        (row,) = await as_owner(
+            owner_engine, f"SELECT count(*) AS n FROM {table} WHERE tenant_id = :t", t=tenant
+        )
+        assert row.n >= 1, table
+
+
+async def test_comments_are_append_only_even_for_the_owner(
+    uow_factory: Any, owner_engine: AsyncEngine, tenant: uuid.UUID, transaction_event: Any
+) -> None:
+    (case_id,) = await open_cases(uow_factory, tenant, transaction_event, 1)
+    await svc.comment_on_case(uow_factory, command(tenant, ALICE, case_id, 1), "first look")
+
+    with pytest.raises(DBAPIError, match="append-only"):
+        await as_owner(
+            owner_engine, "UPDATE case_comments SET body = 'x' WHERE case_id = :c", c=case_id
+        )
