@@ -32,6 +32,7 @@ from domain.cases import CaseStatus as DomainCaseStatus
 from domain.cases import Disposition as DomainDisposition
 from domain.errors import CaseError as DomainCaseError
 from domain.errors import InvalidCaseInput
+from domain.ports import UnitOfWorkFactory
 from portal.auth import authenticated
 from services import cases as review
 from services.cases import Command, EvidenceRef, StepResult
@@ -267,151 +268,79 @@ async def _step(
     return answer
 
 
-async def resolve_claim(info: Info, input: CaseClaimInput) -> CaseClaimPayload:
-    factory = info.context.uow_factory
-
-    async def step(command: Command) -> StepResult:
-        if input.case_id is None:
-            return await review.claim_next(factory, command, input.queue)
-        return await review.claim_case(factory, command)
-
-    return await _step(
-        info,
-        CaseClaimPayload,
-        input.case_id,
-        input.expected_version,
-        input.client_mutation_id,
-        step,
-    )
+Run = Callable[[UnitOfWorkFactory, Command, Any], Awaitable[StepResult]]
 
 
-async def resolve_assign(info: Info, input: CaseAssignInput) -> CaseAssignPayload:
-    factory, assignee = info.context.uow_factory, input.assignee
+def _resolver(input_type: type, payload: type[P], run: Run) -> Callable[..., Awaitable[P]]:
+    """The resolver of one mutation: ``run`` takes the step once the caller is known."""
 
-    async def step(command: Command) -> StepResult:
-        if assignee is None:
-            return await review.unassign_case(factory, command)
-        return await review.assign_case(factory, command, assignee)
-
-    return await _step(
-        info,
-        CaseAssignPayload,
-        input.case_id,
-        input.expected_version,
-        input.client_mutation_id,
-        step,
-    )
-
-
-async def resolve_comment(info: Info, input: CaseCommentInput) -> CaseCommentPayload:
-    factory = info.context.uow_factory
-
-    async def step(command: Command) -> StepResult:
-        refs = [
-            EvidenceRef(item.document_id, item.url, item.sha256, item.description)
-            for item in input.evidence
-        ]
-        edits = _uuid(input.comment_id, "commentId") if input.comment_id else None
-        return await review.comment_on_case(
-            factory, command, input.body, edits=edits, evidence=refs
+    async def resolve(info: Info, input: Any) -> P:
+        factory = info.context.uow_factory
+        return await _step(
+            info,
+            payload,
+            input.case_id,
+            input.expected_version,
+            input.client_mutation_id,
+            lambda command: run(factory, command, input),
         )
 
-    return await _step(
-        info,
-        CaseCommentPayload,
-        input.case_id,
-        input.expected_version,
-        input.client_mutation_id,
-        step,
-    )
+    # Strawberry reads the input and payload types of the schema from these.
+    resolve.__annotations__ = {"info": Info, "input": input_type, "return": payload}
+    return resolve
 
 
-async def resolve_propose(
-    info: Info, input: CaseProposeDispositionInput
-) -> CaseProposeDispositionPayload:
-    factory = info.context.uow_factory
-
-    async def step(command: Command) -> StepResult:
-        return await review.propose_disposition(
-            factory, command, input.disposition, input.rationale
-        )
-
-    return await _step(
-        info,
-        CaseProposeDispositionPayload,
-        input.case_id,
-        input.expected_version,
-        input.client_mutation_id,
-        step,
-    )
+async def _claim(factory: UnitOfWorkFactory, command: Command, input: CaseClaimInput) -> StepResult:
+    if input.case_id is None:
+        return await review.claim_next(factory, command, input.queue)
+    return await review.claim_case(factory, command)
 
 
-async def resolve_approve(
-    info: Info, input: CaseApproveDispositionInput
-) -> CaseApproveDispositionPayload:
-    factory = info.context.uow_factory
-
-    async def step(command: Command) -> StepResult:
-        return await review.approve_disposition(factory, command)
-
-    return await _step(
-        info,
-        CaseApproveDispositionPayload,
-        input.case_id,
-        input.expected_version,
-        input.client_mutation_id,
-        step,
-    )
+async def _assign(
+    factory: UnitOfWorkFactory, command: Command, input: CaseAssignInput
+) -> StepResult:
+    if input.assignee is None:
+        return await review.unassign_case(factory, command)
+    return await review.assign_case(factory, command, input.assignee)
 
 
-async def resolve_reject(
-    info: Info, input: CaseRejectDispositionInput
-) -> CaseRejectDispositionPayload:
-    factory = info.context.uow_factory
-
-    async def step(command: Command) -> StepResult:
-        return await review.reject_disposition(factory, command, input.reason)
-
-    return await _step(
-        info,
-        CaseRejectDispositionPayload,
-        input.case_id,
-        input.expected_version,
-        input.client_mutation_id,
-        step,
-    )
+async def _comment(
+    factory: UnitOfWorkFactory, command: Command, input: CaseCommentInput
+) -> StepResult:
+    refs = [
+        EvidenceRef(item.document_id, item.url, item.sha256, item.description)
+        for item in input.evidence
+    ]
+    edits = _uuid(input.comment_id, "commentId") if input.comment_id else None
+    return await review.comment_on_case(factory, command, input.body, edits=edits, evidence=refs)
 
 
-async def resolve_escalate(info: Info, input: CaseEscalateInput) -> CaseEscalatePayload:
-    factory = info.context.uow_factory
-
-    async def step(command: Command) -> StepResult:
-        return await review.escalate_case(factory, command, input.reason)
-
-    return await _step(
-        info,
-        CaseEscalatePayload,
-        input.case_id,
-        input.expected_version,
-        input.client_mutation_id,
-        step,
-    )
+async def _propose(
+    factory: UnitOfWorkFactory, command: Command, input: CaseProposeDispositionInput
+) -> StepResult:
+    return await review.propose_disposition(factory, command, input.disposition, input.rationale)
 
 
-async def resolve_reopen(info: Info, input: CaseReopenInput) -> CaseReopenPayload:
-    factory = info.context.uow_factory
+async def _approve(factory: UnitOfWorkFactory, command: Command, input: object) -> StepResult:
+    return await review.approve_disposition(factory, command)
 
-    async def step(command: Command) -> StepResult:
-        return await review.reopen_case(factory, command, input.reason)
 
-    return await _step(
-        info,
-        CaseReopenPayload,
-        input.case_id,
-        input.expected_version,
-        input.client_mutation_id,
-        step,
-    )
+async def _reject(
+    factory: UnitOfWorkFactory, command: Command, input: CaseReasonedInput
+) -> StepResult:
+    return await review.reject_disposition(factory, command, input.reason)
+
+
+async def _escalate(
+    factory: UnitOfWorkFactory, command: Command, input: CaseReasonedInput
+) -> StepResult:
+    return await review.escalate_case(factory, command, input.reason)
+
+
+async def _reopen(
+    factory: UnitOfWorkFactory, command: Command, input: CaseReasonedInput
+) -> StepResult:
+    return await review.reopen_case(factory, command, input.reason)
 
 
 @strawberry.type
@@ -419,28 +348,36 @@ class CaseMutation:
     """Mixed into the schema's ``Mutation``."""
 
     case_claim: CaseClaimPayload = strawberry.mutation(
-        resolver=resolve_claim, description="Take a case (by id, or the next of a queue)."
+        resolver=_resolver(CaseClaimInput, CaseClaimPayload, _claim),
+        description="Take a case (by id, or the next of a queue).",
     )
     case_assign: CaseAssignPayload = strawberry.mutation(
-        resolver=resolve_assign, description="Give a case to an analyst, or take it back."
+        resolver=_resolver(CaseAssignInput, CaseAssignPayload, _assign),
+        description="Give a case to an analyst, or take it back.",
     )
     case_comment: CaseCommentPayload = strawberry.mutation(
-        resolver=resolve_comment, description="Comment, with evidence; an edit is a version."
+        resolver=_resolver(CaseCommentInput, CaseCommentPayload, _comment),
+        description="Comment, with evidence; an edit is a version.",
     )
     case_propose_disposition: CaseProposeDispositionPayload = strawberry.mutation(
-        resolver=resolve_propose, description="Propose how to close the case you work."
+        resolver=_resolver(CaseProposeDispositionInput, CaseProposeDispositionPayload, _propose),
+        description="Propose how to close the case you work.",
     )
     case_approve_disposition: CaseApproveDispositionPayload = strawberry.mutation(
-        resolver=resolve_approve, description="Approve another's proposal and close the case."
+        resolver=_resolver(CaseApproveDispositionInput, CaseApproveDispositionPayload, _approve),
+        description="Approve another's proposal and close the case.",
     )
     case_reject_disposition: CaseRejectDispositionPayload = strawberry.mutation(
-        resolver=resolve_reject, description="Send a proposal back, with the reason."
+        resolver=_resolver(CaseRejectDispositionInput, CaseRejectDispositionPayload, _reject),
+        description="Send a proposal back, with the reason.",
     )
     case_escalate: CaseEscalatePayload = strawberry.mutation(
-        resolver=resolve_escalate, description="Hand a case up to the supervisors."
+        resolver=_resolver(CaseEscalateInput, CaseEscalatePayload, _escalate),
+        description="Hand a case up to the supervisors.",
     )
     case_reopen: CaseReopenPayload = strawberry.mutation(
-        resolver=resolve_reopen, description="Open a closed case again, with the reason."
+        resolver=_resolver(CaseReopenInput, CaseReopenPayload, _reopen),
+        description="Open a closed case again, with the reason.",
     )
 
 

@@ -210,12 +210,7 @@ async def propose_disposition(
 async def approve_disposition(uow_factory: UnitOfWorkFactory, command: Command) -> StepResult:
     async def decide(uow: UnitOfWork, case: Case, policy: CasePolicy, now: datetime) -> _Step:
         after = workflow.approve(case, command.actor, _version(command), now)
-        proposal = case.proposal
-        details = {
-            "disposition": proposal.disposition.value if proposal else None,
-            "proposedBy": proposal.proposed_by if proposal else None,
-        }
-        return _Step(Action.APPROVE, after, details)
+        return _Step(Action.APPROVE, after, _proposal_details(case))
 
     return await _run(uow_factory, command, "caseApproveDisposition", decide)
 
@@ -225,13 +220,7 @@ async def reject_disposition(
 ) -> StepResult:
     async def decide(uow: UnitOfWork, case: Case, policy: CasePolicy, now: datetime) -> _Step:
         after = workflow.reject(case, command.actor, reason, _version(command), now)
-        proposal = case.proposal
-        details = {
-            "reason": reason.strip(),
-            "disposition": proposal.disposition.value if proposal else None,
-            "proposedBy": proposal.proposed_by if proposal else None,
-        }
-        return _Step(Action.REJECT, after, details)
+        return _Step(Action.REJECT, after, {"reason": reason.strip(), **_proposal_details(case)})
 
     return await _run(uow_factory, command, "caseRejectDisposition", decide)
 
@@ -442,6 +431,14 @@ def _message(
         correlation_id=correlation_id,
         data=data,
     )
+
+
+def _proposal_details(case: Case) -> dict[str, Any]:
+    """What was decided on: the proposal the case held before the decision."""
+    proposal = case.proposal
+    if proposal is None:
+        return {}
+    return {"disposition": proposal.disposition.value, "proposedBy": proposal.proposed_by}
 
 
 def _extra(step: _Step) -> dict[str, Any]:

@@ -10,8 +10,6 @@ emitted once (see :func:`services.cases.flag_sla_breaches`).
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import logging
 import uuid
 
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -21,8 +19,7 @@ from adapters.metrics import CASE_SLA_BREACHES
 from adapters.settings import Settings
 from adapters.unit_of_work import unit_of_work_factory
 from services.cases import flag_sla_breaches
-
-log = logging.getLogger(__name__)
+from workers.periodic import every
 
 MAX_TENANTS_PER_PASS = 1000
 
@@ -56,18 +53,5 @@ class SlaSweeper:
         return flagged
 
     async def run(self, stop: asyncio.Event) -> None:
-        """A pass every interval until ``stop`` is set; nothing when the interval is 0.
-        A failed pass is logged and the next one tries again."""
-        if self._interval_seconds <= 0:
-            return
-        while not await _stopped(stop, self._interval_seconds):
-            try:
-                await self.run_once()
-            except Exception as error:
-                log.warning("the SLA sweep failed; will try again", extra={"error": repr(error)})
-
-
-async def _stopped(stop: asyncio.Event, seconds: float) -> bool:
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(stop.wait(), seconds)
-    return stop.is_set()
+        """A pass every interval until ``stop`` is set (none when the interval is 0)."""
+        await every(self._interval_seconds, stop, self.run_once, name="sla-sweep")

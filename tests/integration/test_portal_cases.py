@@ -22,8 +22,6 @@ from tests.integration.scoring_support import (
     activate_default_ruleset,
     alerting,
     eventually,
-    score_queue,
-    scoring_settings,
     working,
 )
 
@@ -65,17 +63,6 @@ mutation Reopen($input: CaseReopenInput!) {{ caseReopen(input: $input) {{ {STATE
 async def portal(settings: Settings) -> AsyncIterator[Portal]:
     async with open_portal(settings) as client:
         yield client
-
-
-@pytest.fixture
-def scoring(settings: Settings) -> Settings:
-    return scoring_settings(settings)
-
-
-@pytest.fixture
-async def queue(scoring: Settings) -> AsyncIterator[ArqRedis]:
-    async with score_queue(scoring) as redis:
-        yield redis
 
 
 class Reviewer:
