@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -275,3 +276,54 @@ async def test_supervisors_assign_unassign_and_reopen_and_other_tenants_see_noth
 async def test_case_mutations_need_a_token(portal: Portal) -> None:
     body = await portal.graphql(CLAIM, {"input": {"queue": "default"}})
     assert error_codes(body) == ["UNAUTHENTICATED"]
+
+
+async def test_two_supervisors_approving_at_once_through_the_api_one_gets_a_conflict(
+    portal: Portal,
+    settings: Settings,
+    tenant: uuid.UUID,
+    uow_factory: UnitOfWorkFactory,
+    transaction_event: Any,
+) -> None:
+    (case_id,) = [str(c) for c in await open_cases(uow_factory, tenant, transaction_event, 1)]
+    alice = Reviewer(portal, settings, tenant, "alice", Role.ANALYST)
+    await alice.ok(CLAIM, caseId=case_id, expectedVersion=1)
+    await alice.ok(
+        PROPOSE, caseId=case_id, expectedVersion=2, disposition="SAR_FILED", rationale="mule"
+    )
+    bob = Reviewer(portal, settings, tenant, "bob", Role.SUPERVISOR)
+    dora = Reviewer(portal, settings, tenant, "dora", Role.SUPERVISOR)
+
+    answers = await asyncio.gather(
+        bob.call(APPROVE, caseId=case_id, expectedVersion=3),
+        dora.call(APPROVE, caseId=case_id, expectedVersion=3),
+    )
+
+    codes = sorted(error["code"] for answer in answers for error in answer["errors"])
+    closed = [answer["case"] for answer in answers if answer["case"] is not None]
+    assert codes == ["STALE_VERSION"]
+    assert [case["status"] for case in closed] == ["CLOSED"]
+
+
+async def test_a_bad_evidence_reference_is_refused_naming_its_field(
+    portal: Portal,
+    settings: Settings,
+    tenant: uuid.UUID,
+    uow_factory: UnitOfWorkFactory,
+    transaction_event: Any,
+) -> None:
+    (case_id,) = [str(c) for c in await open_cases(uow_factory, tenant, transaction_event, 1)]
+    alice = Reviewer(portal, settings, tenant, "alice", Role.ANALYST)
+
+    payload = await alice.call(
+        COMMENT,
+        caseId=case_id,
+        expectedVersion=1,
+        body="see attached",
+        evidence=[{"documentId": "dms:1", "sha256": "ab" * 32}, {"url": "x", "sha256": "0"}],
+    )
+
+    assert payload["case"] is None
+    assert [(e["code"], e["field"]) for e in payload["errors"]] == [
+        ("INVALID_INPUT", "evidence.1.url")
+    ]
