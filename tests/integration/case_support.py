@@ -14,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from adapters.cel_rules import CachedScorers
 from domain.case_workflow import ANALYST, SUPERVISOR, Actor
 from domain.ports import UnitOfWorkFactory
-from services.cases import Command
+from services.case_steps import Command
 from services.scoring import score_event
 from tests.integration.scoring_support import activate_default_ruleset, alerting, ingest
 

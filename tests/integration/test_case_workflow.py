@@ -23,6 +23,7 @@ from domain.errors import (
     TransitionNotAllowed,
 )
 from services import cases as svc
+from services.case_steps import StepResult
 from services.cases import EvidenceRef
 from tests.integration.case_support import (
     analyst,
@@ -165,7 +166,7 @@ async def test_two_supervisors_approving_at_once_one_wins_the_other_is_stale(
         return_exceptions=True,
     )
 
-    won = [outcome for outcome in outcomes if isinstance(outcome, svc.StepResult)]
+    won = [outcome for outcome in outcomes if isinstance(outcome, StepResult)]
     lost = [outcome for outcome in outcomes if isinstance(outcome, BaseException)]
     assert len(won) == 1
     assert [type(error) for error in lost] == [StaleVersion]
