@@ -80,6 +80,14 @@ class Step:
     evidence: Sequence[Evidence] = ()
 
 
+@dataclass(frozen=True, slots=True)
+class FromQueue:
+    """A step on the next open case of a queue (``None``: of any queue), not on a case
+    named by id."""
+
+    queue: str | None
+
+
 Decide = Callable[[UnitOfWork, Case, CasePolicy, datetime], Awaitable[Step]]
 
 
@@ -89,11 +97,11 @@ async def run_step(
     mutation: str,
     decide: Decide,
     *,
-    next_in_queue: tuple[str | None] | None = None,
+    from_queue: FromQueue | None = None,
 ) -> StepResult:
     _check_client_mutation_id(command.client_mutation_id)
     return await with_retries(
-        lambda: _once(uow_factory, command, mutation, decide, next_in_queue), name=mutation
+        lambda: _once(uow_factory, command, mutation, decide, from_queue), name=mutation
     )
 
 
@@ -102,7 +110,7 @@ async def _once(
     command: Command,
     mutation: str,
     decide: Decide,
-    next_in_queue: tuple[str | None] | None,
+    from_queue: FromQueue | None,
 ) -> StepResult:
     now = datetime.now(UTC)
     actor = command.actor
@@ -111,7 +119,7 @@ async def _once(
         if replayed is not None:
             return replayed
 
-        case = await _load(uow, command, next_in_queue)
+        case = await _load(uow, command, from_queue)
         step = await decide(uow, case, await uow.cases.policy(), now)
         after = step.case
         if not await uow.cases.save(after, case.version, now):
@@ -168,10 +176,9 @@ async def _once(
     return result
 
 
-async def _load(uow: UnitOfWork, command: Command, next_in_queue: tuple[str | None] | None) -> Case:
-    if next_in_queue is not None:
-        (queue,) = next_in_queue
-        case = await uow.cases.next_open(queue)
+async def _load(uow: UnitOfWork, command: Command, from_queue: FromQueue | None) -> Case:
+    if from_queue is not None:
+        case = await uow.cases.next_open(from_queue.queue)
         if case is None:
             raise CaseNotFound("no open case is waiting in this queue", field="queue")
         return case

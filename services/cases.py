@@ -25,7 +25,7 @@ from domain.cases import Case, Disposition, case_data
 from domain.errors import CaseNotFound, InvalidCaseInput
 from domain.ids import new_id
 from domain.ports import UnitOfWork, UnitOfWorkFactory
-from services.case_steps import Command, Step, StepResult, case_message, run_step
+from services.case_steps import Command, FromQueue, Step, StepResult, case_message, run_step
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +64,7 @@ async def claim_next(
     async def decide(uow: UnitOfWork, case: Case, policy: CasePolicy, now: datetime) -> Step:
         return Step(Action.CLAIM, workflow.claim(case, command.actor, case.version))
 
-    return await run_step(uow_factory, command, "caseClaim", decide, next_in_queue=(queue,))
+    return await run_step(uow_factory, command, "caseClaim", decide, from_queue=FromQueue(queue))
 
 
 async def assign_case(
