@@ -55,6 +55,19 @@ class CaseRow:
     sla_due_at: datetime
     alert_count: int
     version: int
+    queue: str
+    typologies: list[str]
+    assignee: str | None
+    disposition: str | None
+    rationale: str | None
+    proposed_by: str | None
+    proposed_at: datetime | None
+    decision: str | None
+    decided_by: str | None
+    decided_at: datetime | None
+    decision_reason: str | None
+    closed_at: datetime | None
+    sla_breached_at: datetime | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,6 +131,10 @@ class CaseFilter:
     opened_before: datetime | None = None
     # None: either; True: due time passed and not closed; False: the others.
     sla_breached: bool | None = None
+    queues: Sequence[str] = ()
+    assignees: Sequence[str] = ()
+    # True: only cases nobody holds; False: only cases someone holds.
+    unassigned: bool | None = None
 
 
 # The keys of the row a page starts after, in the page's order.
@@ -330,6 +347,12 @@ def _case_conditions(where: CaseFilter) -> list[ColumnElement[bool]]:
     if where.sla_breached is not None:
         breached = and_(_c.sla_due_at < func.now(), _c.status != "closed")
         conditions.append(breached if where.sla_breached else ~breached)
+    if where.queues:
+        conditions.append(_c.queue.in_(list(where.queues)))
+    if where.assignees:
+        conditions.append(_c.assignee.in_(list(where.assignees)))
+    if where.unassigned is not None:
+        conditions.append(_c.assignee.is_(None) if where.unassigned else _c.assignee.isnot(None))
     return conditions
 
 

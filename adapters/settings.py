@@ -81,6 +81,10 @@ class Settings(BaseSettings):
     reconcile_interval_seconds: float = Field(60.0, ge=0)
     reconcile_lookback_hours: float = Field(72.0, gt=0)
     reconcile_batch_size: int = Field(5000, ge=1, le=100_000)
+    # The dispatcher flags cases past their SLA every interval; 0 turns it off (`vigil
+    # sla` still runs one pass).
+    sla_sweep_interval_seconds: float = Field(30.0, ge=0)
+    sla_sweep_batch_size: int = Field(500, ge=1, le=10_000)
     # Background processes serve /metrics here; in a container, bind 0.0.0.0.
     metrics_host: str = "127.0.0.1"
 

@@ -1,5 +1,6 @@
-"""The GraphQL schema: who am I, the ingestion of compliance events, and the read side
-(:mod:`portal.read`): cases, subjects, events, assessments and audit trails.
+"""The GraphQL schema: who am I, the ingestion of compliance events, the read side
+(:mod:`portal.read`): cases, subjects, events, assessments and audit trails, and the review
+of cases (:mod:`portal.case_mutations`).
 
 An event's ``data`` is a JSON scalar on purpose: GraphQL checks only the envelope, and the
 domain validates each event on its own (:func:`domain.events.parse_event`), so that one
@@ -22,6 +23,7 @@ from adapters.auth import Role
 from adapters.metrics import EVENTS_INGESTED
 from domain.ports import UnitOfWorkFactory
 from portal.auth import Identity, authenticated, authorize
+from portal.case_mutations import CaseMutation
 from portal.errors import BadRequest
 from portal.read.queries import ReadQuery
 from portal.read.reader import Reader
@@ -173,7 +175,7 @@ class Query(ReadQuery):
 
 
 @strawberry.type
-class Mutation:
+class Mutation(CaseMutation):
     ingest_events: IngestEventsPayload = strawberry.mutation(
         resolver=resolve_ingest_events,
         description="Store compliance events; each is answered on its own.",

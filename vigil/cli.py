@@ -182,6 +182,32 @@ def _ruleset(args: argparse.Namespace) -> int:
     return 0
 
 
+def _case_policy(args: argparse.Namespace) -> int:
+    from adapters.unit_of_work import unit_of_work_factory
+    from domain.errors import InvalidCaseInput
+    from services.cases import set_case_policy
+
+    tenant_id = _tenant_id(args.tenant)
+    try:
+        document = json.loads(args.file.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise SystemExit(f"cannot read {args.file}: {error}") from None
+    if not isinstance(document, dict):
+        raise SystemExit(f"{args.file} does not hold a JSON object")
+
+    async def run() -> None:
+        async with _scoring_resources() as (engine, _):
+            await set_case_policy(unit_of_work_factory(engine), tenant_id, document, args.actor)
+
+    try:
+        asyncio.run(run())
+    except InvalidCaseInput as error:
+        print(f"the case policy is not valid: {error.field}: {error.message}", file=sys.stderr)
+        return 2
+    print("case policy set")
+    return 0
+
+
 def _reconcile(args: argparse.Namespace) -> int:
     from workers.reconciler import Reconciler
 
@@ -195,6 +221,20 @@ def _reconcile(args: argparse.Namespace) -> int:
             return await Reconciler.from_settings(settings, engine, redis).run_once(tenant_id)
 
     print(f"{asyncio.run(run())} events enqueued again")
+    return 0
+
+
+def _sla(args: argparse.Namespace) -> int:
+    from workers.sla_sweeper import SlaSweeper
+
+    settings = get_settings()
+    tenant_id = _tenant_id(args.tenant) if args.tenant else None
+
+    async def run() -> int:
+        async with _scoring_resources() as (engine, _):
+            return await SlaSweeper.from_settings(settings, engine).run_once(tenant_id)
+
+    print(f"{asyncio.run(run())} cases flagged as past their SLA")
     return 0
 
 
@@ -287,6 +327,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     reconcile.set_defaults(handler=_reconcile)
 
+    sla = commands.add_parser(
+        "sla", help="flag the cases past their SLA and emit case.sla_breached (one pass)"
+    )
+    sla.add_argument("--tenant", help="tenant id or slug (default: every tenant)")
+    sla.set_defaults(handler=_sla)
+
     failures = commands.add_parser("failures", help="list a tenant's events that failed scoring")
     failures.add_argument("tenant", help="tenant id or slug")
     failures.add_argument("--limit", type=int, default=1000)
@@ -308,6 +354,14 @@ def build_parser() -> argparse.ArgumentParser:
     ruleset.add_argument("--activate", action="store_true", help="make it the active version")
     ruleset.add_argument("--actor", default="operator", help="who installs, for the audit trail")
     ruleset.set_defaults(handler=_ruleset)
+
+    case_policy = commands.add_parser(
+        "case-policy", help="set a tenant's case policy (SLA hours, queues, closing alone)"
+    )
+    case_policy.add_argument("tenant", help="tenant id or slug")
+    case_policy.add_argument("file", type=Path, help="the policy document in JSON")
+    case_policy.add_argument("--actor", default="operator", help="who sets it, for the audit trail")
+    case_policy.set_defaults(handler=_case_policy)
 
     migrate = commands.add_parser("migrate", help="bring the database schema up to date")
     migrate.add_argument("--downgrade", metavar="REVISION", help="go down to REVISION (base)")

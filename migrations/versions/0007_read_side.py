@@ -6,14 +6,14 @@ the primary key, so a page after a cursor is one range scan. Events are listed n
 first across a tenant. Built CONCURRENTLY, so a live system keeps writing meanwhile.
 
 Revision ID: 0007
-Revises: 0004
+Revises: 0006
 Create Date: 2026-12-04
 """
 
 from migrations.sql import run_concurrently
 
 revision = "0007"
-down_revision = "0004"
+down_revision = "0006"
 branch_labels = None
 depends_on = None
 

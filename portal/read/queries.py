@@ -40,6 +40,7 @@ N = TypeVar("N", bound=relay.Node)
 R = TypeVar("R")
 
 MAX_FILTER_VALUES = 10
+MAX_FILTER_TEXT = 200
 
 
 @strawberry.enum(description="The order of a list of cases.")
@@ -60,6 +61,13 @@ class CaseFilterInput:
     )
     sla_breached: bool | None = strawberry.field(
         default=None, description="True: past their SLA due time and not closed."
+    )
+    queue: list[str] | None = None
+    assignee: list[str] | None = strawberry.field(
+        default=None, description="Cases held by any of these analysts."
+    )
+    unassigned: bool | None = strawberry.field(
+        default=None, description="True: only cases nobody holds; false: only held ones."
     )
 
 
@@ -154,10 +162,21 @@ async def case_page(
 
 
 def _case_filter(given: CaseFilterInput) -> CaseFilter:
-    for name, values in (("status", given.status), ("band", given.band)):
+    lists: tuple[tuple[str, list[Any] | None], ...] = (
+        ("status", given.status),
+        ("band", given.band),
+        ("queue", given.queue),
+        ("assignee", given.assignee),
+    )
+    for name, values in lists:
         if values is not None and len(values) > MAX_FILTER_VALUES:
             raise BadRequest(
                 f"at most {MAX_FILTER_VALUES} values in one filter", field=f"filter.{name}"
+            )
+    for name, texts in (("queue", given.queue), ("assignee", given.assignee)):
+        if any(not 0 < len(text) <= MAX_FILTER_TEXT for text in texts or ()):
+            raise BadRequest(
+                f"a {name} is 1 to {MAX_FILTER_TEXT} characters", field=f"filter.{name}"
             )
     return CaseFilter(
         statuses=sorted({status.value for status in given.status or ()}),
@@ -165,6 +184,9 @@ def _case_filter(given: CaseFilterInput) -> CaseFilter:
         opened_from=given.opened_from,
         opened_before=given.opened_before,
         sla_breached=given.sla_breached,
+        queues=sorted(set(given.queue or ())),
+        assignees=sorted(set(given.assignee or ())),
+        unassigned=given.unassigned,
     )
 
 

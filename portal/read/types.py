@@ -27,6 +27,8 @@ from adapters.read_store import (
     EventRow,
     SubjectRow,
 )
+from domain.cases import Case as DomainCase
+from domain.cases import Disposition
 from domain.scoring import AlertRecord
 from portal.read.access import AUDIT_READERS, READERS, reader_for
 from portal.read.reader import Reader
@@ -42,6 +44,12 @@ class CaseStatus(Enum):
     PENDING_APPROVAL = "pending_approval"
     ESCALATED = "escalated"
     CLOSED = "closed"
+
+
+# The domain's dispositions, as the schema names them.
+CaseDisposition = strawberry.enum(
+    Disposition, name="CaseDisposition", description="How a review concludes."
+)
 
 
 @strawberry.enum(description="The gravity of a score, from its thresholds.")
@@ -299,6 +307,22 @@ class Alert(relay.Node):
         return None if row is None else Event.of(row)
 
 
+@strawberry.type(description="An analyst's proposed conclusion, waiting for a supervisor.")
+class CaseProposal:
+    disposition: Disposition
+    rationale: str
+    proposed_by: str
+    proposed_at: datetime
+
+
+@strawberry.type(description="A supervisor's answer to a proposal.")
+class CaseDecision:
+    approved: bool
+    decided_by: str
+    decided_at: datetime
+    reason: str | None
+
+
 @strawberry.type(description="What analysts review: the alerts of one subject.")
 class Case(relay.Node):
     id: relay.NodeID[str]
@@ -309,7 +333,16 @@ class Case(relay.Node):
     updated_at: datetime
     sla_due_at: datetime
     alert_count: int
-    version: int
+    version: int = strawberry.field(description="Send it back as a step's expectedVersion.")
+    queue: str
+    typologies: list[str] = strawberry.field(description="Of every alert the case holds.")
+    assignee: str | None = strawberry.field(description="The analyst who holds the case.")
+    proposal: CaseProposal | None
+    decision: CaseDecision | None = strawberry.field(description="The last answer to a proposal.")
+    closed_at: datetime | None
+    sla_breached_at: datetime | None = strawberry.field(
+        description="When the SLA sweep flagged the case as past its due time."
+    )
     subject_id: strawberry.Private[uuid.UUID]
 
     @classmethod
@@ -324,7 +357,52 @@ class Case(relay.Node):
             sla_due_at=row.sla_due_at,
             alert_count=row.alert_count,
             version=row.version,
+            queue=row.queue,
+            typologies=list(row.typologies),
+            assignee=row.assignee,
+            proposal=_proposal(row),
+            decision=_decision(row),
+            closed_at=row.closed_at,
+            sla_breached_at=row.sla_breached_at,
             subject_id=row.subject_id,
+        )
+
+    @classmethod
+    def of_case(cls, case: DomainCase, updated_at: datetime) -> Self:
+        """The case as a review step left it (the step's answer, kept for its retries)."""
+        proposal, decision = case.proposal, case.decision
+        return cls(
+            id=str(case.case_id),
+            status=CaseStatus(case.status.value),
+            band=RiskBand(case.band.value),
+            priority=case.priority,
+            opened_at=case.opened_at,
+            updated_at=updated_at,
+            sla_due_at=case.sla_due_at,
+            alert_count=case.alert_count,
+            version=case.version,
+            queue=case.queue,
+            typologies=list(case.typologies),
+            assignee=case.assignee,
+            proposal=None
+            if proposal is None
+            else CaseProposal(
+                disposition=proposal.disposition,
+                rationale=proposal.rationale,
+                proposed_by=proposal.proposed_by,
+                proposed_at=proposal.proposed_at,
+            ),
+            decision=None
+            if decision is None
+            else CaseDecision(
+                approved=decision.approved,
+                decided_by=decision.decided_by,
+                decided_at=decision.decided_at,
+                reason=decision.reason,
+            ),
+            closed_at=case.closed_at,
+            sla_breached_at=case.sla_breached_at,
+            subject_id=case.subject_id,
         )
 
     @classmethod
@@ -364,6 +442,28 @@ class Case(relay.Node):
 
         reader_for(info, AUDIT_READERS)
         return await audit_page(info, "case", self.id, first, after)
+
+
+def _proposal(row: CaseRow) -> CaseProposal | None:
+    if row.disposition is None or row.proposed_by is None or row.proposed_at is None:
+        return None
+    return CaseProposal(
+        disposition=Disposition(row.disposition),
+        rationale=row.rationale or "",
+        proposed_by=row.proposed_by,
+        proposed_at=row.proposed_at,
+    )
+
+
+def _decision(row: CaseRow) -> CaseDecision | None:
+    if row.decision is None or row.decided_by is None or row.decided_at is None:
+        return None
+    return CaseDecision(
+        approved=row.decision == "approved",
+        decided_by=row.decided_by,
+        decided_at=row.decided_at,
+        reason=row.decision_reason,
+    )
 
 
 @strawberry.type(description="One record of the tenant's hash-chained audit trail.")

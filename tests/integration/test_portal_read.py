@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from adapters.auth import Role
 from adapters.settings import Settings
+from tests.integration.case_support import assign_case, close_case
 from tests.integration.portal_support import Portal, error_codes, open_portal, token
 from tests.integration.read_support import (
     CASE_WITH_EXPLANATION,
@@ -148,7 +149,7 @@ async def test_a_cursor_of_one_order_is_refused_in_the_other(
     assert error_codes(body) == ["BAD_REQUEST"]
 
 
-async def test_cases_are_filtered_by_status_band_time_and_sla(
+async def test_cases_are_filtered_by_status_band_time_sla_queue_and_assignee(
     portal: Portal,
     settings: Settings,
     tenant: uuid.UUID,
@@ -159,18 +160,16 @@ async def test_cases_are_filtered_by_status_band_time_and_sla(
     await seed_cases(uow_factory, tenant, transaction_event, 4)
     bearer = analyst(settings, tenant)
     every = ids(await review(portal, bearer))
-    late, closed, old = (uuid.UUID(_node_id(case)) for case in every[:3])
+    late, closed, old, held = (uuid.UUID(_node_id(case)) for case in every[:4])
+    await close_case(uow_factory, tenant, closed)
+    await assign_case(uow_factory, tenant, held, "erin")
     async with owner_engine.begin() as connection:
         await connection.execute(
-            text("UPDATE cases SET sla_due_at = now() - interval '1 hour' WHERE case_id = :c"),
-            {"c": late},
-        )
-        await connection.execute(
             text(
-                "UPDATE cases SET status = 'closed', sla_due_at = now() - interval '1 hour'"
-                " WHERE case_id = :c"
+                "UPDATE cases SET sla_due_at = now() - interval '1 hour'"
+                " WHERE case_id = :late OR case_id = :closed"
             ),
-            {"c": closed},
+            {"late": late, "closed": closed},
         )
         await connection.execute(
             text("UPDATE cases SET opened_at = '2020-01-01T00:00:00Z' WHERE case_id = :c"),
@@ -184,6 +183,12 @@ async def test_cases_are_filtered_by_status_band_time_and_sla(
     assert await matching(slaBreached=False) == set(every) - {every[0]}
     assert await matching(status=["CLOSED"]) == {every[1]}
     assert await matching(status=["OPEN", "IN_REVIEW"]) == set(every) - {every[1]}
+    assert await matching(status=["IN_REVIEW"]) == {every[3]}
+    assert await matching(assignee=["erin"]) == {every[3]}
+    assert await matching(assignee=["erin", "ana"]) == {every[1], every[3]}
+    assert await matching(unassigned=True) == {every[0], every[2]}
+    assert await matching(queue=["default"]) == set(every)
+    assert await matching(queue=["sanctions"]) == set()
     assert await matching(band=["LOW"]) == set()
     assert await matching(openedBefore="2021-01-01T00:00:00Z") == {every[2]}
     assert await matching(openedFrom="2021-01-01T00:00:00Z") == set(every) - {every[2]}
