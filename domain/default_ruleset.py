@@ -69,6 +69,39 @@ NEAR_THRESHOLD_RATIO_PERCENT = 90
 # FATF, high-risk jurisdictions subject to a call for action: North Korea, Iran, Myanmar.
 HIGH_RISK_COUNTRIES = ("KP", "IR", "MM")
 
+
+def _unusual_amount(code: str, party: str, direction: str, verb: str) -> dict[str, Any]:
+    """An amount out of line with what ``party`` ``verb`` over 90 days, this one included:
+    at most ``below_average_percent`` or at least ``above_average_percent`` of the
+    average, compared as ``amount * count * 100`` against ``sum * percent``."""
+    count, total = f"{party}.{direction}_count_90d", f"{party}.{direction}_sum_minor_90d"
+    received = " received" if direction == "in" else ""
+    scaled = f"event.amount_minor * {count} * 100"
+    return {
+        "code": code,
+        "typology": "unusual_amount",
+        "concerns": party,
+        "condition": (
+            f"event.currency == params.currency && {count} >= params.min_history"
+            f" && ({scaled} <= {total} * params.below_average_percent"
+            f" || {scaled} >= {total} * params.above_average_percent)"
+        ),
+        "points": 50,
+        "params": {
+            "currency": CURRENCY,
+            "min_history": 2,
+            "below_average_percent": 20,
+            "above_average_percent": 500,
+        },
+        "reason": (
+            f"A transfer of {{event.amount_minor}} minor units{received} against {{{total}}}"
+            f" {verb} over {{{count}}} transfers in 90 days (this one included): below"
+            " {params.below_average_percent}% or from {params.above_average_percent}%"
+            " of the account's average."
+        ),
+    }
+
+
 DEFAULT_RULESET: dict[str, Any] = {
     "name": "default",
     "alertThreshold": 50,
@@ -241,60 +274,8 @@ DEFAULT_RULESET: dict[str, Any] = {
                 " a payment split into pieces."
             ),
         },
-        {
-            "code": "UNUSUAL_AMOUNT_OUT",
-            "typology": "unusual_amount",
-            "concerns": "originator",
-            "condition": (
-                "event.currency == params.currency"
-                " && originator.out_count_90d >= params.min_history"
-                " && (event.amount_minor * originator.out_count_90d * 100"
-                " <= originator.out_sum_minor_90d * params.below_average_percent"
-                " || event.amount_minor * originator.out_count_90d * 100"
-                " >= originator.out_sum_minor_90d * params.above_average_percent)"
-            ),
-            "points": 50,
-            "params": {
-                "currency": CURRENCY,
-                "min_history": 2,
-                "below_average_percent": 20,
-                "above_average_percent": 500,
-            },
-            "reason": (
-                "A transfer of {event.amount_minor} minor units against"
-                " {originator.out_sum_minor_90d} sent over {originator.out_count_90d}"
-                " transfers in 90 days (this one included): below"
-                " {params.below_average_percent}% or from {params.above_average_percent}%"
-                " of the account's average."
-            ),
-        },
-        {
-            "code": "UNUSUAL_AMOUNT_IN",
-            "typology": "unusual_amount",
-            "concerns": "beneficiary",
-            "condition": (
-                "event.currency == params.currency"
-                " && beneficiary.in_count_90d >= params.min_history"
-                " && (event.amount_minor * beneficiary.in_count_90d * 100"
-                " <= beneficiary.in_sum_minor_90d * params.below_average_percent"
-                " || event.amount_minor * beneficiary.in_count_90d * 100"
-                " >= beneficiary.in_sum_minor_90d * params.above_average_percent)"
-            ),
-            "points": 50,
-            "params": {
-                "currency": CURRENCY,
-                "min_history": 2,
-                "below_average_percent": 20,
-                "above_average_percent": 500,
-            },
-            "reason": (
-                "A transfer of {event.amount_minor} minor units received against"
-                " {beneficiary.in_sum_minor_90d} received over {beneficiary.in_count_90d}"
-                " transfers in 90 days (this one included): below"
-                " {params.below_average_percent}% or from {params.above_average_percent}%"
-                " of the account's average."
-            ),
-        },
+        _unusual_amount("UNUSUAL_AMOUNT_OUT", "originator", "out", "sent"),
+        _unusual_amount("UNUSUAL_AMOUNT_IN", "beneficiary", "in", "received"),
         {
             "code": "HIGH_RISK_COUNTRY",
             "typology": "high_risk_country",
