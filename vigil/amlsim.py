@@ -52,3 +52,9 @@ def transfers(data_dir: Path, limit: int | None = None) -> Iterator[dict[str, An
                     "channel": "sepa",
                 },
             }
+
+
+def laundering_accounts(data_dir: Path) -> set[str]:
+    """The accounts the data labels as laundering (``isFraud`` 1), as subject references."""
+    with (data_dir / "nodes.csv").open(newline="") as handle:
+        return {account(row["nodeid"]) for row in csv.DictReader(handle) if row["isFraud"] == "1"}
