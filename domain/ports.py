@@ -16,6 +16,7 @@ from typing import Protocol, Self
 from domain.audit import AuditEntry
 from domain.events import EventDraft, SubjectFacts, SubjectRef
 from domain.messages import OutboxMessage
+from domain.review_queue import CaseFeed
 from domain.scoring import ScoringStore
 
 
@@ -63,6 +64,7 @@ class UnitOfWork(Protocol):
     subjects: SubjectStore
     inbox: Inbox
     scoring: ScoringStore
+    case_feed: CaseFeed
 
     async def __aenter__(self) -> Self: ...
 

@@ -1,6 +1,7 @@
 """What the portal holds open for its whole life: the database engine (as the
-application role), its unit-of-work factory, and a Redis client for the readiness check.
-Opened on startup, closed on shutdown, reached by handlers through the app state."""
+application role), its unit-of-work factory, a Redis client for the readiness check, and
+the live review queues' hub with the consumer that feeds it. Opened on startup, closed
+on shutdown, reached by handlers through the app state."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from adapters.database import make_engine
 from adapters.settings import Settings
 from adapters.unit_of_work import unit_of_work_factory
 from domain.ports import UnitOfWorkFactory
+from portal.live import CaseEventConsumer, Hub
 
 PROBE_TIMEOUT_SECONDS = 2.0
 
@@ -27,6 +29,8 @@ class Resources:
     engine: AsyncEngine
     uow_factory: UnitOfWorkFactory
     redis: Redis
+    hub: Hub
+    case_events: CaseEventConsumer
 
 
 def resources_of(state: State) -> Resources:
@@ -49,11 +53,21 @@ def lifespan(settings: Settings) -> Callable[[Litestar], AbstractAsyncContextMan
             socket_connect_timeout=PROBE_TIMEOUT_SECONDS,
             socket_timeout=PROBE_TIMEOUT_SECONDS,
         )
-        app.state.resources = Resources(settings, engine, unit_of_work_factory(engine), redis)
+        uow_factory = unit_of_work_factory(engine)
+        hub = Hub(
+            uow_factory,
+            buffer_size=settings.live_buffer_size,
+            poll_seconds=settings.live_poll_seconds,
+        )
+        case_events = CaseEventConsumer(settings, hub)
+        case_events.start()
+        app.state.resources = Resources(settings, engine, uow_factory, redis, hub, case_events)
         try:
             yield
         finally:
             del app.state.resources
+            await case_events.close()
+            await hub.close()
             await redis.aclose()
             await engine.dispose()
 

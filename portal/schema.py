@@ -1,4 +1,5 @@
-"""The GraphQL schema: who am I, and the ingestion of compliance events.
+"""The GraphQL schema's queries and mutations: who am I, and the ingestion of compliance
+events (the live review queue is in :mod:`portal.review_queue`).
 
 An event's ``data`` is a JSON scalar on purpose: GraphQL checks only the envelope, and the
 domain validates each event on its own (:func:`domain.events.parse_event`), so that one
@@ -21,6 +22,7 @@ from adapters.metrics import EVENTS_INGESTED
 from domain.ports import UnitOfWorkFactory
 from portal.auth import Identity, authenticated, authorize
 from portal.errors import BadRequest
+from portal.live import Hub
 from portal.requests import correlation_id_of
 from portal.resources import resources_of
 from services.ingest import BatchTooLarge, Caller, IngestResult, Outcome, ingest_events
@@ -32,6 +34,10 @@ class Context(BaseContext, kw_only=True):
     identity: Identity
     correlation_id: str
     uow_factory: UnitOfWorkFactory
+    hub: Hub
+    catch_up_limit: int
+    # What a WebSocket client sent in connection_init (strawberry sets it).
+    connection_params: dict[str, object] | None = None
 
 
 Info = strawberry.Info[Context, None]
@@ -40,10 +46,13 @@ Info = strawberry.Info[Context, None]
 async def context_of(request: ASGIConnection[Any, Any, Any, Any]) -> Context:
     """Strawberry's context for one request (a Litestar dependency)."""
     identity = request.scope.get("auth")
+    resources = resources_of(request.app.state)
     return Context(
         identity=identity if isinstance(identity, Identity) else Identity(None),
         correlation_id=correlation_id_of(request),
-        uow_factory=resources_of(request.app.state).uow_factory,
+        uow_factory=resources.uow_factory,
+        hub=resources.hub,
+        catch_up_limit=resources.settings.live_catch_up_limit,
     )
 
 
