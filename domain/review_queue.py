@@ -28,7 +28,8 @@ CASE_ENTITY = "case"
 CASE_CHANGE_PREFIX = "case."
 
 _CURSOR_PREFIX = "rq1:"
-_POSITION = re.compile(r"[0-9]{1,18}")
+_POSITION = re.compile(r"[0-9]{1,19}")
+_MAX_POSITION = 2**63 - 1  # a bigint
 MAX_CURSOR_LENGTH = 64
 
 
@@ -55,7 +56,7 @@ class Cursor:
         except (binascii.Error, UnicodeDecodeError, ValueError) as error:
             raise InvalidCursor("the cursor is not one this queue gave") from error
         position = raw.removeprefix(_CURSOR_PREFIX)
-        if position == raw or not _POSITION.fullmatch(position):
+        if position == raw or not _POSITION.fullmatch(position) or int(position) > _MAX_POSITION:
             raise InvalidCursor("the cursor is not one this queue gave")
         return cls(int(position))
 

@@ -226,6 +226,9 @@ class CaseEventConsumer:
         self._hub = hub
         self._names = Names(settings.amqp_prefix)
         self.queue_name = replica_queue_name(self._names)
+        # The connection is named after the queue: an operator sees which replica it is.
+        self.name = f"vigil-portal-live {self.queue_name}"
+        self.reconnects = 0
         self._connection: AbstractRobustConnection | None = None
         self._task: asyncio.Task[None] | None = None
         self._stop = asyncio.Event()
@@ -268,9 +271,7 @@ class CaseEventConsumer:
                     await asyncio.wait_for(self._stop.wait(), timeout=_delay(attempt))
 
     async def _consume(self) -> None:
-        connection = await connect(
-            self._settings.amqp_url.get_secret_value(), name="vigil-portal-live"
-        )
+        connection = await connect(self._settings.amqp_url.get_secret_value(), name=self.name)
         self._connection = connection
         if self._stop.is_set():
             return
@@ -291,7 +292,12 @@ class CaseEventConsumer:
         # What changed before the queue existed is read now.
         self._hub.notify_all()
 
+    @property
+    def connected(self) -> bool:
+        return self._connection is not None and self._connection.connected.is_set()
+
     def _reconnected(self, *_: object) -> None:
+        self.reconnects += 1
         log.info("case events consumer reconnected", extra={"queue": self.queue_name})
         self._hub.notify_all()
 

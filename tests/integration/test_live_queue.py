@@ -5,6 +5,8 @@ message path."""
 
 from __future__ import annotations
 
+import asyncio
+import subprocess
 import uuid
 from collections.abc import AsyncIterator
 from datetime import timedelta
@@ -341,3 +343,51 @@ async def test_a_slow_subscriber_is_sent_one_resync_and_holds_a_bounded_buffer(
             assert items[0].cursor.position == changes[-len(rest) - 1].position
     finally:
         await hub.close()
+
+
+async def test_after_losing_the_broker_the_consumer_comes_back_and_reads_what_it_missed(
+    portal: ServedPortal,
+    settings: Settings,
+    reviewed_tenant: uuid.UUID,
+    uow_factory: UnitOfWorkFactory,
+    transaction_event: Any,
+    make_relay: MakeRelay,
+) -> None:
+    consumer = portal.resources.case_events
+    async with live_client(portal, analyst(settings, reviewed_tenant)) as client:
+        await client.subscribe("q")
+        await portal.subscribers(1)
+
+        # Only this portal's own connection is closed; its exclusive queue goes with it.
+        await close_broker_connection(consumer.name)
+        await until(lambda: not consumer.connected)
+        await open_cases(uow_factory, reviewed_tenant, transaction_event, make_relay)
+        assert not consumer.connected  # announced while the queue was gone
+
+        missed = await client.item("q", seconds=60)
+        assert missed["type"] == "case.opened"
+        assert consumer.reconnects == 1
+
+        await open_cases(uow_factory, reviewed_tenant, transaction_event, make_relay)
+        live = await client.item("q")
+        assert live["caseId"] != missed["caseId"]
+
+
+async def close_broker_connection(connection_name: str) -> None:
+    """Have the broker close the one connection of that name, as a broker restart
+    would close it."""
+    listed = await rabbitmqctl(
+        "-q", "list_connections", "--no-table-headers", "pid", "client_properties"
+    )
+    wanted = f'{{"connection_name","{connection_name}"}}'
+    pids = [line.split("\t", 1)[0] for line in listed.splitlines() if wanted in line]
+    assert len(pids) == 1, pids
+    await rabbitmqctl("close_connection", pids[0], "test: broker connection lost")
+
+
+async def rabbitmqctl(*args: str) -> str:
+    completed = await asyncio.to_thread(
+        subprocess.run, ["rabbitmqctl", *args], capture_output=True, timeout=60, check=False
+    )
+    assert completed.returncode == 0, completed.stderr.decode()
+    return completed.stdout.decode()
