@@ -15,7 +15,7 @@ checks of the request; they keep their message under the code ``BAD_REQUEST``.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import strawberry
@@ -24,7 +24,7 @@ from graphql import GraphQLError
 from litestar import MediaType, Request, Response
 from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
 from strawberry.extensions import SchemaExtension
-from strawberry.schema.schema import StreamResult
+from strawberry.schema.schema import DEFAULT_ALLOWED_OPERATION_TYPES, StreamResult
 from strawberry.types import ExecutionContext, ExecutionResult
 from strawberry.types.execution import StreamExecutionResult
 from strawberry.types.graphql import OperationType
@@ -123,50 +123,18 @@ def internal_error(request: Request[Any, Any, Any], error: Exception) -> Respons
 
 
 class Schema(strawberry.Schema):
-    async def execute(
-        self,
-        query: str | None,
-        variable_values: dict[str, Any] | None = None,
-        context_value: Any | None = None,
-        root_value: Any | None = None,
-        operation_name: str | None = None,
-        allowed_operation_types: Iterable[OperationType] | None = None,
-        operation_extensions: dict[str, Any] | None = None,
-    ) -> ExecutionResult:
+    async def execute(self, *args: Any, **kwargs: Any) -> ExecutionResult:
         """A single answer (HTTP) is never a subscription: those stream over the
         WebSocket only."""
-        allowed = set(allowed_operation_types or (OperationType.QUERY, OperationType.MUTATION))
-        return await super().execute(
-            query,
-            variable_values,
-            context_value,
-            root_value,
-            operation_name,
-            allowed - {OperationType.SUBSCRIPTION},
-            operation_extensions,
-        )
+        allowed = kwargs.get("allowed_operation_types") or DEFAULT_ALLOWED_OPERATION_TYPES
+        kwargs["allowed_operation_types"] = set(allowed) - {OperationType.SUBSCRIPTION}
+        return await super().execute(*args, **kwargs)
 
-    async def stream(
-        self,
-        query: str | None,
-        variable_values: dict[str, Any] | None = None,
-        context_value: Any | None = None,
-        root_value: Any | None = None,
-        operation_name: str | None = None,
-        operation_extensions: dict[str, Any] | None = None,
-        allowed_operation_types: Iterable[OperationType] | None = None,
-    ) -> StreamResult:
+    async def stream(self, *args: Any, **kwargs: Any) -> StreamResult:
         """Streams (the WebSocket) carry subscriptions only: queries and mutations go
         over HTTP, where bodies are bounded and checked before they are decoded."""
-        return await super().stream(
-            query,
-            variable_values,
-            context_value,
-            root_value,
-            operation_name,
-            operation_extensions,
-            allowed_operation_types=(OperationType.SUBSCRIPTION,),
-        )
+        kwargs["allowed_operation_types"] = (OperationType.SUBSCRIPTION,)
+        return await super().stream(*args, **kwargs)
 
     def process_errors(
         self, errors: list[GraphQLError], execution_context: ExecutionContext | None = None

@@ -16,6 +16,7 @@ and changes at or before the last position sent are skipped.
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import AsyncGenerator
 from datetime import UTC, datetime
@@ -31,6 +32,8 @@ from portal.errors import BadRequest, Forbidden, Unauthenticated
 from portal.live import Resync
 from portal.schema import Info
 from services.review_queue import catch_up
+
+log = logging.getLogger(__name__)
 
 REVIEW_ROLES = (Role.ANALYST, Role.SUPERVISOR)
 MAX_FILTER_VALUES = 20
@@ -142,6 +145,7 @@ async def watch(
     except InvalidCursor as error:
         raise BadRequest(error.message, field="after") from error
 
+    log.info("review queue subscribed", extra={"tenant_id": str(tenant_id), "resumed": bool(after)})
     async with context.hub.subscription(tenant_id) as (subscriber, joined):
         last = joined.position
         if start is not None:

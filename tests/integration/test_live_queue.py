@@ -8,16 +8,18 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import timedelta
 from typing import Any
 
 import httpx
 import pytest
 from pydantic import SecretStr
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from adapters.auth import Role
 from adapters.settings import Settings
+from adapters.tenants import create_tenant
 from domain.ports import UnitOfWorkFactory
 from domain.review_queue import CaseChange
 from portal.live import Hub, Resync
@@ -53,6 +55,34 @@ async def reviewed_tenant(tenant: uuid.UUID, uow_factory: UnitOfWorkFactory) -> 
     return tenant
 
 
+OpenCase = Callable[..., Awaitable[None]]
+
+
+@pytest.fixture
+def open_case(
+    uow_factory: UnitOfWorkFactory, transaction_event: Any, make_relay: MakeRelay
+) -> OpenCase:
+    """Open ``count`` cases of a tenant through scoring, and relay their messages."""
+
+    async def open_(tenant: uuid.UUID, count: int = 1) -> None:
+        await open_cases(uow_factory, tenant, transaction_event, make_relay, count)
+
+    return open_
+
+
+async def first_change(
+    portal: ServedPortal, bearer: str, tenant: uuid.UUID, open_case: OpenCase
+) -> dict[str, Any]:
+    """Subscribe, open a case, and go away with the change it caused."""
+    async with live_client(portal, bearer) as client:
+        await client.subscribe("q")
+        await portal.subscribers(1)
+        await open_case(tenant)
+        item = await client.item("q")
+    await portal.subscribers(0)
+    return item
+
+
 def analyst(settings: Settings, tenant: uuid.UUID, **options: Any) -> str:
     return token(settings, tenant, Role.ANALYST, subject="analyst-1", **options)
 
@@ -61,14 +91,12 @@ async def test_a_subscriber_receives_the_case_an_ingested_event_opens(
     portal: ServedPortal,
     settings: Settings,
     reviewed_tenant: uuid.UUID,
-    uow_factory: UnitOfWorkFactory,
-    transaction_event: Any,
-    make_relay: MakeRelay,
+    open_case: OpenCase,
 ) -> None:
     async with live_client(portal, analyst(settings, reviewed_tenant)) as client:
         await client.subscribe("q")
         await portal.subscribers(1)
-        await open_cases(uow_factory, reviewed_tenant, transaction_event, make_relay)
+        await open_case(reviewed_tenant)
 
         item = await client.item("q")
         assert item["__typename"] == "CaseChanged"
@@ -85,13 +113,10 @@ async def test_another_tenants_subscriber_sees_nothing_of_it(
     portal: ServedPortal,
     settings: Settings,
     reviewed_tenant: uuid.UUID,
-    owner_engine: Any,
+    owner_engine: AsyncEngine,
     uow_factory: UnitOfWorkFactory,
-    transaction_event: Any,
-    make_relay: MakeRelay,
+    open_case: OpenCase,
 ) -> None:
-    from adapters.tenants import create_tenant
-
     other = await create_tenant(owner_engine, f"t-{uuid.uuid4().hex[:12]}", "Other bank")
     await activate_default_ruleset(uow_factory, other)
     async with (
@@ -102,12 +127,12 @@ async def test_another_tenants_subscriber_sees_nothing_of_it(
         await theirs.subscribe("b")
         await portal.subscribers(2)
 
-        await open_cases(uow_factory, reviewed_tenant, transaction_event, make_relay)
+        await open_case(reviewed_tenant)
         assert (await ours.item("a"))["type"] == "case.opened"
         assert await theirs.silent(1.0)
 
         # The other tenant's subscriber is live: its own case reaches it, and only it.
-        await open_cases(uow_factory, other, transaction_event, make_relay)
+        await open_case(other)
         assert (await theirs.item("b"))["type"] == "case.opened"
         assert await ours.silent(0.5)
 
@@ -172,19 +197,12 @@ async def test_a_reconnecting_subscriber_gets_what_it_missed_then_live_changes_o
     portal: ServedPortal,
     settings: Settings,
     reviewed_tenant: uuid.UUID,
-    uow_factory: UnitOfWorkFactory,
-    transaction_event: Any,
-    make_relay: MakeRelay,
+    open_case: OpenCase,
 ) -> None:
     me = analyst(settings, reviewed_tenant)
-    async with live_client(portal, me) as client:
-        await client.subscribe("q")
-        await portal.subscribers(1)
-        await open_cases(uow_factory, reviewed_tenant, transaction_event, make_relay)
-        first = await client.item("q")
-    await portal.subscribers(0)
+    first = await first_change(portal, me, reviewed_tenant, open_case)
 
-    await open_cases(uow_factory, reviewed_tenant, transaction_event, make_relay, count=3)
+    await open_case(reviewed_tenant, 3)
 
     async with live_client(portal, me) as client:
         await client.subscribe("q", after=first["cursor"])
@@ -194,7 +212,7 @@ async def test_a_reconnecting_subscriber_gets_what_it_missed_then_live_changes_o
         cursors = [first["cursor"]] + [item["cursor"] for item in missed]
         assert len(set(cursors)) == 4
 
-        await open_cases(uow_factory, reviewed_tenant, transaction_event, make_relay)
+        await open_case(reviewed_tenant)
         live = await client.item("q")
         assert live["caseId"] not in {item["caseId"] for item in missed}
         assert await client.silent(0.5)  # nothing twice at the seam
@@ -204,24 +222,17 @@ async def test_a_client_too_far_behind_is_sent_a_resync_then_live_changes(
     portal: ServedPortal,
     settings: Settings,
     reviewed_tenant: uuid.UUID,
-    uow_factory: UnitOfWorkFactory,
-    transaction_event: Any,
-    make_relay: MakeRelay,
+    open_case: OpenCase,
 ) -> None:
     me = analyst(settings, reviewed_tenant)
-    async with live_client(portal, me) as client:
-        await client.subscribe("q")
-        await portal.subscribers(1)
-        await open_cases(uow_factory, reviewed_tenant, transaction_event, make_relay)
-        first = await client.item("q")
-    await portal.subscribers(0)
-    await open_cases(uow_factory, reviewed_tenant, transaction_event, make_relay, count=6)
+    first = await first_change(portal, me, reviewed_tenant, open_case)
+    await open_case(reviewed_tenant, 6)
 
     async with live_client(portal, me) as client:
         await client.subscribe("q", after=first["cursor"])
         resync = await client.item("q")
         assert resync["__typename"] == "ReviewQueueResync"
-        await open_cases(uow_factory, reviewed_tenant, transaction_event, make_relay)
+        await open_case(reviewed_tenant)
         assert (await client.item("q"))["type"] == "case.opened"
         assert await client.silent(0.5)
 
@@ -230,15 +241,13 @@ async def test_filters_pick_the_changes_a_subscriber_asked_for(
     portal: ServedPortal,
     settings: Settings,
     reviewed_tenant: uuid.UUID,
-    uow_factory: UnitOfWorkFactory,
-    transaction_event: Any,
-    make_relay: MakeRelay,
+    open_case: OpenCase,
 ) -> None:
     async with live_client(portal, analyst(settings, reviewed_tenant)) as client:
         await client.subscribe("low", filter={"bands": ["low"]})
         await client.subscribe("open", filter={"statuses": ["open"], "bands": ["high", "critical"]})
         await portal.subscribers(2)
-        await open_cases(uow_factory, reviewed_tenant, transaction_event, make_relay)
+        await open_case(reviewed_tenant)
         item = await client.item("open")
         assert item["status"] == "open"
         assert await client.silent(0.5)
@@ -277,9 +286,7 @@ async def test_an_internal_error_in_a_stream_is_masked(
     portal: ServedPortal,
     settings: Settings,
     reviewed_tenant: uuid.UUID,
-    uow_factory: UnitOfWorkFactory,
-    transaction_event: Any,
-    make_relay: MakeRelay,
+    open_case: OpenCase,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     def defect(change: CaseChange) -> Any:
@@ -289,7 +296,7 @@ async def test_an_internal_error_in_a_stream_is_masked(
     async with live_client(portal, analyst(settings, reviewed_tenant)) as client:
         await client.subscribe("q")
         await portal.subscribers(1)
-        await open_cases(uow_factory, reviewed_tenant, transaction_event, make_relay)
+        await open_case(reviewed_tenant)
         message = await client.receive()
         assert (
             message["payload"]["errors"]
@@ -321,13 +328,12 @@ async def test_subscriptions_are_refused_over_http(
 async def test_a_slow_subscriber_is_sent_one_resync_and_holds_a_bounded_buffer(
     reviewed_tenant: uuid.UUID,
     uow_factory: UnitOfWorkFactory,
-    transaction_event: Any,
-    make_relay: MakeRelay,
+    open_case: OpenCase,
 ) -> None:
     hub = Hub(uow_factory, buffer_size=3, poll_seconds=3600.0)
     try:
         async with hub.subscription(reviewed_tenant) as (slow, joined):
-            await open_cases(uow_factory, reviewed_tenant, transaction_event, make_relay, count=8)
+            await open_case(reviewed_tenant, 8)
             changes = await changes_since(uow_factory, reviewed_tenant, joined, limit=100)
             assert len(changes) == 8
             hub.notify(reviewed_tenant)
@@ -349,9 +355,7 @@ async def test_after_losing_the_broker_the_consumer_comes_back_and_reads_what_it
     portal: ServedPortal,
     settings: Settings,
     reviewed_tenant: uuid.UUID,
-    uow_factory: UnitOfWorkFactory,
-    transaction_event: Any,
-    make_relay: MakeRelay,
+    open_case: OpenCase,
 ) -> None:
     consumer = portal.resources.case_events
     async with live_client(portal, analyst(settings, reviewed_tenant)) as client:
@@ -361,14 +365,14 @@ async def test_after_losing_the_broker_the_consumer_comes_back_and_reads_what_it
         # Only this portal's own connection is closed; its exclusive queue goes with it.
         await close_broker_connection(consumer.name)
         await until(lambda: not consumer.connected)
-        await open_cases(uow_factory, reviewed_tenant, transaction_event, make_relay)
+        await open_case(reviewed_tenant)
         assert not consumer.connected  # announced while the queue was gone
 
         missed = await client.item("q", seconds=60)
         assert missed["type"] == "case.opened"
         assert consumer.reconnects == 1
 
-        await open_cases(uow_factory, reviewed_tenant, transaction_event, make_relay)
+        await open_case(reviewed_tenant)
         live = await client.item("q")
         assert live["caseId"] != missed["caseId"]
 
