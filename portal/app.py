@@ -6,6 +6,7 @@ application the ``vigil portal`` process serves.
 
 from __future__ import annotations
 
+import json
 import logging
 import signal
 import warnings
@@ -36,6 +37,7 @@ from strawberry.types.unset import UNSET, UnsetType
 
 from adapters.settings import Settings, get_settings
 from portal.auth import RequireAuthentication, authenticate_connection
+from portal.bodies import refusal
 from portal.errors import ErrorPolicy, Schema, internal_error
 from portal.health import live, ready
 from portal.metrics import metrics, start_ingest_counters
@@ -133,6 +135,16 @@ def create_app(settings: Settings) -> Litestar:
             context.identity = identity
             acknowledged: UnsetType = UNSET
             return acknowledged
+
+        def decode_json(self, data: str | bytes) -> object:
+            """WebSocket frames (text) are held to the bounds of HTTP bodies, which
+            arrive as bytes and were checked by the middleware already; a frame
+            refused here closes the connection with 4400."""
+            if isinstance(data, str):
+                reason = refusal(data.encode())
+                if reason is not None:
+                    raise json.JSONDecodeError(reason, data, 0)
+            return super().decode_json(data)
 
     with warnings.catch_warnings():
         # TODO: drop once strawberry marks its controller's dependencies explicitly (it

@@ -22,6 +22,7 @@ from adapters.settings import Settings
 from adapters.tenants import create_tenant
 from domain.ports import UnitOfWorkFactory
 from domain.review_queue import CaseChange
+from portal.app import MAX_WEBSOCKET_FRAME_BYTES
 from portal.live import Hub, Resync
 from services.review_queue import changes_since
 from tests.integration.live_support import (
@@ -280,6 +281,29 @@ async def test_bad_input_is_refused_with_a_code(
         message = await client.receive()
         assert message["type"] == "error", message
         assert portal.resources.hub.subscriber_count() == 0
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [
+        "[" * 5000 + "]" * 5000,
+        '{"type": "ping", "type": "connection_init", "payload": {}}',
+        '{"type": "connection_init", "payload": {"n": ' + "1" * 5000 + "}}",
+    ],
+)
+async def test_a_frame_that_cannot_be_read_safely_closes_the_connection(
+    portal: ServedPortal, frame: str
+) -> None:
+    async with live_client(portal) as client:
+        await client.socket.send(frame)
+        assert await client.closed_with() == 4400
+
+
+async def test_a_frame_over_the_size_limit_closes_the_connection(portal: ServedPortal) -> None:
+    async with live_client(portal) as client:
+        payload = {"authorization": "x" * (MAX_WEBSOCKET_FRAME_BYTES + 1)}
+        await client.send({"type": "connection_init", "payload": payload})
+        assert await client.closed_with() == 1009  # message too big
 
 
 async def test_an_internal_error_in_a_stream_is_masked(
