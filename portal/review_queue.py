@@ -155,13 +155,14 @@ async def watch(
                 )
             except InvalidCursor as error:
                 raise BadRequest(error.message, field="after") from error
-            if not missed.complete:
+            if missed.complete:
+                for change in missed.changes:
+                    authorize_review(context.identity, tenant_id)
+                    if wanted.matches(change):
+                        yield CaseChanged.of(change)
+            else:
                 authorize_review(context.identity, tenant_id)
                 yield _resync(missed.head, "more changes were missed than are replayed")
-            for change in missed.changes if missed.complete else ():
-                authorize_review(context.identity, tenant_id)
-                if wanted.matches(change):
-                    yield CaseChanged.of(change)
             last = missed.head.position
 
         while True:

@@ -170,9 +170,11 @@ async def open_cases(
     make_event: Callable[..., dict[str, Any]],
     make_relay: MakeRelay,
     count: int = 1,
+    *,
+    relayed: bool = True,
 ) -> None:
     """Ingest ``count`` alerting events from different senders, score them (each opens
-    a case) and let a relay publish what they wrote."""
+    a case) and, if ``relayed``, let a relay publish what they wrote."""
     events = await ingest(
         uow_factory,
         tenant,
@@ -181,6 +183,11 @@ async def open_cases(
     scorers = CachedScorers()
     for event in events:
         await score_event(uow_factory, scorers, tenant, event)
+    if relayed:
+        await relay_all(make_relay)
+
+
+async def relay_all(make_relay: MakeRelay) -> None:
     relay = make_relay()
     while await relay.run_once():
         pass

@@ -30,6 +30,7 @@ from tests.integration.live_support import (
     ServedPortal,
     live_client,
     open_cases,
+    relay_all,
     served_portal,
 )
 from tests.integration.portal_support import token
@@ -65,8 +66,8 @@ def open_case(
 ) -> OpenCase:
     """Open ``count`` cases of a tenant through scoring, and relay their messages."""
 
-    async def open_(tenant: uuid.UUID, count: int = 1) -> None:
-        await open_cases(uow_factory, tenant, transaction_event, make_relay, count)
+    async def open_(tenant: uuid.UUID, count: int = 1, *, relayed: bool = True) -> None:
+        await open_cases(uow_factory, tenant, transaction_event, make_relay, count, relayed=relayed)
 
     return open_
 
@@ -380,17 +381,20 @@ async def test_after_losing_the_broker_the_consumer_comes_back_and_reads_what_it
     settings: Settings,
     reviewed_tenant: uuid.UUID,
     open_case: OpenCase,
+    make_relay: MakeRelay,
 ) -> None:
     consumer = portal.resources.case_events
     async with live_client(portal, analyst(settings, reviewed_tenant)) as client:
         await client.subscribe("q")
         await portal.subscribers(1)
+        await open_case(reviewed_tenant, relayed=False)
 
         # Only this portal's own connection is closed; its exclusive queue goes with it.
         await close_broker_connection(consumer.name)
         await until(lambda: not consumer.connected)
-        await open_case(reviewed_tenant)
-        assert not consumer.connected  # announced while the queue was gone
+        await relay_all(make_relay)
+        # Announced while the queue was gone (the connection comes back after 5 s).
+        assert not consumer.connected
 
         missed = await client.item("q", seconds=60)
         assert missed["type"] == "case.opened"
