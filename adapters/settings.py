@@ -43,6 +43,9 @@ class Settings(BaseSettings):
     live_buffer_size: int = Field(256, ge=1, le=10_000)
     live_catch_up_limit: int = Field(1000, ge=1, le=10_000)
     live_poll_seconds: float = Field(10.0, gt=0, le=3600)
+    # Subscriptions one portal process serves at most; past it a new one is answered
+    # UNAVAILABLE (run another replica).
+    live_max_subscribers: int = Field(5000, ge=1, le=1_000_000)
 
     relay_batch_size: int = Field(200, ge=1, le=5000)
     relay_concurrency: int = Field(2, ge=1, le=16)

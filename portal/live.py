@@ -155,17 +155,27 @@ class Hub:
     """Tenant -> subscribers of this process."""
 
     def __init__(
-        self, uow_factory: UnitOfWorkFactory, *, buffer_size: int, poll_seconds: float
+        self,
+        uow_factory: UnitOfWorkFactory,
+        *,
+        buffer_size: int,
+        poll_seconds: float,
+        max_subscribers: int = 5000,
     ) -> None:
         self.uow_factory = uow_factory
         self.buffer_size = buffer_size
         self.poll_seconds = poll_seconds
+        self.max_subscribers = max_subscribers
         self._feeds: dict[uuid.UUID, _TenantFeed] = {}
+        self._subscribers = 0
 
     @contextlib.asynccontextmanager
     async def subscription(self, tenant_id: uuid.UUID) -> AsyncIterator[tuple[Subscriber, Cursor]]:
         """A subscriber of the tenant, and the position after which its buffer receives
         every change; it is removed when the block ends."""
+        if self._subscribers >= self.max_subscribers:
+            raise TransientFailure("this portal serves as many subscriptions as it may")
+        self._subscribers += 1
         feed = self._feeds.get(tenant_id)
         if feed is None:
             feed = self._feeds[tenant_id] = _TenantFeed(self, tenant_id)
@@ -180,6 +190,7 @@ class Hub:
             feed.subscribers.add(subscriber)
             yield subscriber, Cursor(feed.position)
         finally:
+            self._subscribers -= 1
             feed.subscribers.discard(subscriber)
             if not feed.subscribers and self._feeds.get(tenant_id) is feed:
                 del self._feeds[tenant_id]
@@ -196,6 +207,7 @@ class Hub:
             feed.wake.set()
 
     def subscriber_count(self) -> int:
+        """Subscribers that have joined their tenant's feed."""
         return sum(len(feed.subscribers) for feed in self._feeds.values())
 
     async def close(self) -> None:

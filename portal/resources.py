@@ -58,6 +58,7 @@ def lifespan(settings: Settings) -> Callable[[Litestar], AbstractAsyncContextMan
             uow_factory,
             buffer_size=settings.live_buffer_size,
             poll_seconds=settings.live_poll_seconds,
+            max_subscribers=settings.live_max_subscribers,
         )
         case_events = CaseEventConsumer(settings, hub)
         case_events.start()

@@ -20,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from adapters.auth import Role
 from adapters.settings import Settings
 from adapters.tenants import create_tenant
+from domain.errors import TransientFailure
 from domain.ports import UnitOfWorkFactory
 from domain.review_queue import CaseChange
 from portal.app import MAX_WEBSOCKET_FRAME_BYTES
@@ -423,3 +424,19 @@ async def rabbitmqctl(*args: str) -> str:
     )
     assert completed.returncode == 0, completed.stderr.decode()
     return completed.stdout.decode()
+
+
+async def test_a_portal_serves_at_most_its_share_of_subscriptions(
+    tenant: uuid.UUID, uow_factory: UnitOfWorkFactory
+) -> None:
+    hub = Hub(uow_factory, buffer_size=3, poll_seconds=3600.0, max_subscribers=2)
+    try:
+        async with hub.subscription(tenant), hub.subscription(tenant):
+            with pytest.raises(TransientFailure):
+                async with hub.subscription(tenant):
+                    pass
+            assert hub.subscriber_count() == 2
+        async with hub.subscription(tenant):
+            assert hub.subscriber_count() == 1
+    finally:
+        await hub.close()
