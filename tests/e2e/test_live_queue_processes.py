@@ -10,18 +10,13 @@ from typing import Any
 
 import httpx
 import pytest
-from websockets.asyncio.client import connect
 
 from adapters.auth import Role
 from adapters.settings import Settings
 from domain.ports import UnitOfWorkFactory
 from tests.e2e.conftest import StartVigil, VigilProcess
 from tests.e2e.test_scoring_processes import process_env
-from tests.integration.live_support import (
-    PROTOCOL,
-    LiveClient,
-    free_port,
-)
+from tests.integration.live_support import free_port, live_client
 from tests.integration.portal_support import INGEST, token
 from tests.integration.scoring_support import (
     activate_default_ruleset,
@@ -74,11 +69,7 @@ async def test_a_subscriber_on_one_portal_receives_a_case_ingested_through_anoth
 
     analyst = token(settings, tenant, Role.ANALYST, subject="analyst-1")
     ingest = token(settings, tenant, Role.INGEST)
-    url = f"ws://127.0.0.1:{first_port}/graphql"
-    async with connect(url, subprotocols=[PROTOCOL], ping_interval=None) as socket:  # type: ignore[list-item]
-        client = LiveClient(socket)
-        await client.init(analyst)
-        assert (await client.receive())["type"] == "connection_ack"
+    async with live_client(f"ws://127.0.0.1:{first_port}/graphql", analyst) as client:
         await client.subscribe("q")
         await ingest_through(second_port, ingest, alerting(transaction_event, originator="ACC-1"))
         opened = await client.item("q", seconds=30)
@@ -92,11 +83,7 @@ async def test_a_subscriber_on_one_portal_receives_a_case_ingested_through_anoth
     # Away from the queue, a second case is opened; back on the other replica with the
     # cursor, the client is sent it once (replayed, or live if scoring is still at it).
     await ingest_through(second_port, ingest, alerting(transaction_event, originator="ACC-2"))
-    url = f"ws://127.0.0.1:{second_port}/graphql"
-    async with connect(url, subprotocols=[PROTOCOL], ping_interval=None) as socket:  # type: ignore[list-item]
-        client = LiveClient(socket)
-        await client.init(analyst)
-        assert (await client.receive())["type"] == "connection_ack"
+    async with live_client(f"ws://127.0.0.1:{second_port}/graphql", analyst) as client:
         await client.subscribe("again", after=opened["cursor"])
         missed = await client.item("again", seconds=30)
         assert missed["type"] == "case.opened", missed

@@ -153,9 +153,10 @@ class LiveClient:
 
 
 @asynccontextmanager
-async def live_client(portal: ServedPortal, token: str | None = None) -> AsyncIterator[LiveClient]:
-    """A connected client; with ``token``, initialised and acknowledged."""
-    async with connect(portal.url, subprotocols=[PROTOCOL], ping_interval=None) as socket:  # type: ignore[list-item]
+async def live_client(url: str, token: str | None = None) -> AsyncIterator[LiveClient]:
+    """A client connected to the portal at ``url``; with ``token``, initialised and
+    acknowledged."""
+    async with connect(url, subprotocols=[PROTOCOL], ping_interval=None) as socket:  # type: ignore[list-item]
         client = LiveClient(socket)
         if token is not None:
             await client.init(token)
