@@ -50,6 +50,8 @@ QUEUE_MAX_LENGTH = 10_000
 PREFETCH = 100
 START_SECONDS = 10.0
 CLOSE_SECONDS = 10.0
+# After a lost connection, aio-pika tries again this often.
+RECONNECT_SECONDS = 5.0
 RETRY_FIRST_SECONDS = 0.5
 RETRY_MAX_SECONDS = 30.0
 
@@ -283,7 +285,11 @@ class CaseEventConsumer:
                     await asyncio.wait_for(self._stop.wait(), timeout=_delay(attempt))
 
     async def _consume(self) -> None:
-        connection = await connect(self._settings.amqp_url.get_secret_value(), name=self.name)
+        connection = await connect(
+            self._settings.amqp_url.get_secret_value(),
+            name=self.name,
+            reconnect_seconds=RECONNECT_SECONDS,
+        )
         self._connection = connection
         if self._stop.is_set():
             return
