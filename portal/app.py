@@ -6,10 +6,12 @@ application the ``vigil portal`` process serves.
 
 from __future__ import annotations
 
+import json
 import logging
 import signal
 import warnings
 from collections.abc import Callable
+from datetime import timedelta
 from functools import partial
 from types import FrameType
 from typing import NoReturn
@@ -19,6 +21,7 @@ from graphql import ASTValidationRule
 from litestar import Controller, Litestar
 from litestar.exceptions import LitestarDeprecationWarning
 from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
+from strawberry.exceptions import ConnectionRejectionError
 from strawberry.extensions import (
     AddValidationRules,
     DisableIntrospection,
@@ -29,16 +32,20 @@ from strawberry.extensions.base_extension import SchemaExtension
 from strawberry.extensions.max_aliases import create_validator as alias_limit
 from strawberry.extensions.query_depth_limiter import create_validator as depth_limit
 from strawberry.litestar import make_graphql_controller
+from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL
+from strawberry.types.unset import UNSET, UnsetType
 
 from adapters.settings import Settings, get_settings
-from portal.auth import RequireAuthentication
+from portal.auth import RequireAuthentication, authenticate_connection
+from portal.bodies import refusal
 from portal.errors import ErrorPolicy, Schema, internal_error
 from portal.health import live, ready
 from portal.metrics import metrics, start_ingest_counters
 from portal.read.reader import CloseReads
 from portal.requests import GRAPHQL_PATH, RequestContextMiddleware
-from portal.resources import lifespan
-from portal.schema import DOOR, Mutation, Query, context_of
+from portal.resources import lifespan, resources_of
+from portal.review_queue import Subscription
+from portal.schema import DOOR, Context, Mutation, Query, context_of
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +61,11 @@ LIMIT_RULES: list[type[ASTValidationRule]] = [
     alias_limit(MAX_ALIASES),
 ]
 SHUTDOWN_GRACE_SECONDS = 15
+# A WebSocket client sends small frames (connection_init, a subscription document);
+# uvicorn would accept 16 MiB.
+MAX_WEBSOCKET_FRAME_BYTES = 64 * 1024
+MAX_SUBSCRIPTIONS_PER_CONNECTION = 10
+CONNECTION_INIT_WAIT = timedelta(seconds=10)
 MIN_SECRET_BYTES = 32
 
 
@@ -99,29 +111,59 @@ def build_schema(settings: Settings) -> Schema:
     ]
     if settings.production:
         extensions.append(DisableIntrospection)
-    return Schema(query=Query, mutation=Mutation, extensions=extensions)
+    return Schema(query=Query, mutation=Mutation, subscription=Subscription, extensions=extensions)
 
 
 def create_app(settings: Settings) -> Litestar:
     check_settings(settings)
     start_ingest_counters(DOOR)
-    graphql = make_graphql_controller(
+    base = make_graphql_controller(
         build_schema(settings),
         path=GRAPHQL_PATH,
         graphql_ide="graphiql" if settings.environment == "development" else None,
         # GET would let a link or an image tag run an operation with the caller's rights.
         allow_queries_via_get=False,
         context_getter=context_of,
-        # No subscriptions yet: a WebSocket handshake is closed as "not acceptable".
-        subscription_protocols=(),
+        # Subscriptions over graphql-transport-ws only: no legacy graphql-ws, and no
+        # multipart or SSE streams over HTTP.
+        subscription_protocols=(GRAPHQL_TRANSPORT_WS_PROTOCOL,),
+        connection_init_wait_timeout=CONNECTION_INIT_WAIT,
+        max_subscriptions_per_connection=MAX_SUBSCRIPTIONS_PER_CONNECTION,
     )
+
+    class GraphQLController(base):  # type: ignore[valid-type,misc]
+        async def on_ws_connect(self, context: Context) -> UnsetType | dict[str, object] | None:
+            """Verify the token of ``connection_init``; without a valid one the
+            connection is closed with 4403 before any operation runs."""
+            socket = context.websocket
+            if socket is None:
+                raise ConnectionRejectionError()
+            identity = authenticate_connection(
+                resources_of(socket.app.state).settings, context.connection_params
+            )
+            if identity.principal is None:
+                raise ConnectionRejectionError()
+            context.identity = identity
+            acknowledged: UnsetType = UNSET
+            return acknowledged
+
+        def decode_json(self, data: str | bytes) -> object:
+            """WebSocket frames (text) are held to the bounds of HTTP bodies, which
+            arrive as bytes and were checked by the middleware already; a frame
+            refused here closes the connection with 4400."""
+            if isinstance(data, str):
+                reason = refusal(data.encode())
+                if reason is not None:
+                    raise json.JSONDecodeError(reason, data, 0)
+            return super().decode_json(data)
+
     with warnings.catch_warnings():
         # TODO: drop once strawberry marks its controller's dependencies explicitly (it
         # must before Litestar 3.0, which stops inferring them); nothing of ours to change.
         warnings.filterwarnings(
             "ignore", r".*Inferred dependency field", category=LitestarDeprecationWarning
         )
-        return _litestar(settings, graphql)
+        return _litestar(settings, GraphQLController)
 
 
 def _litestar(settings: Settings, graphql: type[Controller]) -> Litestar:
@@ -162,6 +204,7 @@ def run(host: str | None = None, port: int | None = None) -> None:
             access_log=False,
             server_header=False,
             timeout_graceful_shutdown=SHUTDOWN_GRACE_SECONDS,
+            ws_max_size=MAX_WEBSOCKET_FRAME_BYTES,
         )
     )
     for stop in (signal.SIGTERM, signal.SIGINT):
