@@ -15,15 +15,15 @@ from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any, Self
 
-from sqlalchemy import case, func, select, text, update
+from sqlalchemy import case, func, select, text
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from adapters import tables
+from adapters import audit_trail, tables
 from adapters.database import sqlstate, translate_errors
 from adapters.scoring_store import SqlScoringStore
-from domain.audit import AuditEntry, seal
+from domain.audit import AuditEntry
 from domain.errors import UnknownTenant
 from domain.events import SubjectFacts, SubjectKind, SubjectRef
 from domain.ids import new_id
@@ -238,48 +238,12 @@ class SqlUnitOfWork:
     async def _write_audit(self) -> None:
         if not self._entries:
             return
-        heads = tables.audit_heads
-        head = (
-            await self.connection.execute(
-                select(heads.c.last_seq, heads.c.last_hash)
-                .where(heads.c.tenant_id == self.tenant_id)
-                .with_for_update()
-            )
-        ).first()
-        if head is None:
-            raise UnknownTenant("no such tenant")
-        records = seal(
-            self.tenant_id,
-            self._entries,
-            last_seq=head.last_seq,
-            last_hash=bytes(head.last_hash),
-            recorded_at=datetime.now(UTC),
-        )
-        await self.connection.execute(
-            insert(tables.audit_records),
-            [
-                {
-                    "tenant_id": record.tenant_id,
-                    "seq": record.seq,
-                    "record_id": record.entry.record_id,
-                    "recorded_at": record.recorded_at,
-                    "actor": record.entry.actor,
-                    "action": record.entry.action,
-                    "entity_type": record.entry.entity_type,
-                    "entity_id": record.entry.entity_id,
-                    "correlation_id": record.entry.correlation_id,
-                    "details": dict(record.entry.details),
-                    "prev_hash": record.prev_hash,
-                    "hash": record.hash,
-                }
-                for record in records
-            ],
-        )
-        await self.connection.execute(
-            update(heads)
-            .where(heads.c.tenant_id == self.tenant_id)
-            .values(last_seq=records[-1].seq, last_hash=records[-1].hash)
-        )
+        try:
+            await audit_trail.append(self.connection, self._entries)
+        except IntegrityError as error:
+            if sqlstate(error) == "23503":
+                raise UnknownTenant("no such tenant") from error
+            raise
 
 
 def unit_of_work_factory(engine: AsyncEngine) -> Any:
