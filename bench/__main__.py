@@ -30,6 +30,9 @@ from bench import ingest, relay, scoring  # noqa: E402
 from vigil.processes import Processes, child_environment, wait_until_ready  # noqa: E402
 
 HEADER = ["what", "Vigil", "raw baseline", "ratio"]
+# The portal runs as it would in production on this machine: one worker per core. The
+# baseline gets as many connections as the portal has requests in flight.
+PORTAL_WORKERS = int(os.environ.get("VIGIL_PORTAL_WORKERS", str(os.cpu_count() or 1)))
 
 
 def _free_port() -> int:
@@ -71,25 +74,44 @@ async def _teardown() -> None:
         await delete_topology(channel, Names(settings.amqp_prefix))
 
 
-def main() -> int:
+PARTS = ("ingest", "relay", "scoring")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run every part, or only those named: ``python -m bench ingest relay``."""
     from vigil.cli import main as vigil
+
+    parts = argv if argv else list(PARTS)
+    unknown = set(parts) - set(PARTS)
+    if unknown:
+        print(f"unknown part(s): {', '.join(sorted(unknown))}; choose from {', '.join(PARTS)}")
+        return 2
 
     vigil(["migrate"])
     settings = get_settings()
     tenant_id = asyncio.run(_setup())
     port = _free_port()
     processes = Processes(
-        child_environment(VIGIL_PORTAL_PORT=str(port), VIGIL_ENVIRONMENT="test"),
+        child_environment(
+            VIGIL_PORTAL_PORT=str(port),
+            VIGIL_ENVIRONMENT="test",
+            VIGIL_PORTAL_WORKERS=str(PORTAL_WORKERS),
+        ),
         Path(".cache/bench-logs"),
     )
     rows: list[list[str]] = []
     try:
-        processes.start("portal")
-        wait_until_ready(f"http://127.0.0.1:{port}/health/ready")
-        rows += asyncio.run(ingest.compare(settings, tenant_id, f"http://127.0.0.1:{port}"))
-        processes.stop()
-        rows += asyncio.run(relay.compare(settings, tenant_id))
-        rows += asyncio.run(scoring.compare(settings, tenant_id))
+        if "ingest" in parts:
+            processes.start("portal")
+            wait_until_ready(f"http://127.0.0.1:{port}/health/ready")
+            rows += asyncio.run(
+                ingest.compare(settings, tenant_id, f"http://127.0.0.1:{port}", PORTAL_WORKERS)
+            )
+            processes.stop()
+        if "relay" in parts:
+            rows += asyncio.run(relay.compare(settings, tenant_id))
+        if "scoring" in parts:
+            rows += asyncio.run(scoring.compare(settings, tenant_id))
     finally:
         processes.stop()
         asyncio.run(_teardown())
@@ -98,4 +120,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))
