@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator, Sequence
+from typing import Any
 
 from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -17,29 +18,32 @@ _PAGE = 5000
 
 # The database locks the head, numbers, hashes and inserts the records and moves the
 # head in this one statement (migration 0005); the application role can do no less.
-_APPEND = text(
+APPEND_SQL = (
     "SELECT vigil_append_audit(CAST(:record_ids AS uuid[]), CAST(:actors AS text[]),"
     " CAST(:actions AS text[]), CAST(:entity_types AS text[]), CAST(:entity_ids AS text[]),"
     " CAST(:correlation_ids AS text[]), CAST(:details AS jsonb[]))"
 )
+_APPEND = text(APPEND_SQL)
+
+
+def append_parameters(entries: Sequence[AuditEntry]) -> dict[str, Any]:
+    """The parameters of :data:`APPEND_SQL` for ``entries``."""
+    return {
+        "record_ids": [entry.record_id for entry in entries],
+        "actors": [entry.actor for entry in entries],
+        "actions": [entry.action for entry in entries],
+        "entity_types": [entry.entity_type for entry in entries],
+        "entity_ids": [entry.entity_id for entry in entries],
+        "correlation_ids": [entry.correlation_id for entry in entries],
+        "details": [plain_json(entry.details) for entry in entries],
+    }
 
 
 async def append(connection: AsyncConnection, entries: Sequence[AuditEntry]) -> int:
     """Seal ``entries`` onto the chain of the transaction's tenant, in order; return the
     sequence number of the last. The head stays locked until the transaction ends, so
     call this as the last statement before the commit."""
-    result = await connection.execute(
-        _APPEND,
-        {
-            "record_ids": [entry.record_id for entry in entries],
-            "actors": [entry.actor for entry in entries],
-            "actions": [entry.action for entry in entries],
-            "entity_types": [entry.entity_type for entry in entries],
-            "entity_ids": [entry.entity_id for entry in entries],
-            "correlation_ids": [entry.correlation_id for entry in entries],
-            "details": [plain_json(entry.details) for entry in entries],
-        },
-    )
+    result = await connection.execute(_APPEND, append_parameters(entries))
     return int(result.scalar_one())
 
 
