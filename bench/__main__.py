@@ -100,18 +100,27 @@ def main(argv: list[str] | None = None) -> int:
         Path(".cache/bench-logs"),
     )
     rows: list[list[str]] = []
+
+    def add(new: list[list[str]]) -> None:
+        # Shown as soon as measured, so that a later part failing loses nothing.
+        for row in new:
+            print(" | ".join(row), flush=True)
+        rows.extend(new)
+
     try:
         if "ingest" in parts:
             processes.start("portal")
             wait_until_ready(f"http://127.0.0.1:{port}/health/ready")
-            rows += asyncio.run(
-                ingest.compare(settings, tenant_id, f"http://127.0.0.1:{port}", PORTAL_WORKERS)
+            add(
+                asyncio.run(
+                    ingest.compare(settings, tenant_id, f"http://127.0.0.1:{port}", PORTAL_WORKERS)
+                )
             )
             processes.stop()
         if "relay" in parts:
-            rows += asyncio.run(relay.compare(settings, tenant_id))
+            add(asyncio.run(relay.compare(settings, tenant_id)))
         if "scoring" in parts:
-            rows += asyncio.run(scoring.compare(settings, tenant_id))
+            add(asyncio.run(scoring.compare(settings, tenant_id)))
     finally:
         processes.stop()
         asyncio.run(_teardown())
