@@ -62,6 +62,7 @@ LIMIT_RULES: list[type[ASTValidationRule]] = [
 ]
 SHUTDOWN_GRACE_SECONDS = 15
 ORPHAN_CHECK_SECONDS = 1.0
+_SUPERVISOR = "VIGIL_PORTAL_SUPERVISOR_PID"
 MIN_SECRET_BYTES = 32
 
 
@@ -186,7 +187,9 @@ def worker_app() -> Litestar:
     imports it by name in a fresh interpreter)."""
     settings = get_settings()
     configure_logging(settings.log_level)
-    _stop_when_orphaned(os.getppid())
+    # The supervisor's pid comes from the supervisor itself: had it died before this
+    # line, the parent now would be whichever process adopted this one.
+    _stop_when_orphaned(int(os.environ.get(_SUPERVISOR, os.getppid())))
     return create_app(settings)
 
 
@@ -207,6 +210,7 @@ def _run_workers(config: uvicorn.Config) -> None:
     with tempfile.TemporaryDirectory(prefix="vigil-portal-metrics-") as directory:
         # Inherited by the workers, which then keep their metrics in files there.
         os.environ[MULTIPROCESS_DIRECTORY] = directory
+        os.environ[_SUPERVISOR] = str(os.getpid())
         log.info("portal supervisor started", extra={"workers": config.workers})
         Multiprocess(config, sockets=[config.bind_socket()]).run()
         log.info("portal supervisor stopped")
