@@ -96,6 +96,9 @@ def main(argv: list[str] | None = None) -> int:
             VIGIL_PORTAL_PORT=str(port),
             VIGIL_ENVIRONMENT="test",
             VIGIL_PORTAL_WORKERS=str(PORTAL_WORKERS),
+            # Enough idle connections for the most requests in flight, spread over the
+            # workers; the database server is shared, and the baseline opens its own.
+            VIGIL_DATABASE_POOL_SIZE=str(-(-ingest.MAX_IN_FLIGHT // PORTAL_WORKERS)),
         ),
         Path(".cache/bench-logs"),
     )

@@ -81,6 +81,7 @@ async def graphql_rate(
 ROUNDS = 3
 # (events per request, events per round, requests in flight)
 SHAPES = ((1, 1_000, 16), (100, 10_000, 4))
+MAX_IN_FLIGHT = max(concurrency for _, _, concurrency in SHAPES)
 
 
 async def compare(
