@@ -46,6 +46,8 @@ class Settings(BaseSettings):
 
     portal_host: str = "127.0.0.1"
     portal_port: int = Field(8000, ge=1, le=65535)
+    # Worker processes serving the portal's socket; each has its own database pool.
+    portal_workers: int = Field(1, ge=1, le=32)
     max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024)
     # GraphQL requests per tenant per window, shared by all replicas (in Redis); 0 turns
     # the limit off.

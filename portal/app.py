@@ -8,7 +8,11 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import signal
+import tempfile
+import threading
+import time
 import warnings
 from collections.abc import Callable
 from datetime import timedelta
@@ -34,7 +38,10 @@ from strawberry.extensions.query_depth_limiter import create_validator as depth_
 from strawberry.litestar import make_graphql_controller
 from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL
 from strawberry.types.unset import UNSET, UnsetType
+from uvicorn.supervisors import Multiprocess
 
+from adapters.logging import configure_logging
+from adapters.metrics import MULTIPROCESS_DIRECTORY
 from adapters.settings import Settings, get_settings
 from portal.auth import RequireAuthentication, authenticate_connection
 from portal.bodies import refusal
@@ -66,6 +73,8 @@ SHUTDOWN_GRACE_SECONDS = 15
 MAX_WEBSOCKET_FRAME_BYTES = 64 * 1024
 MAX_SUBSCRIPTIONS_PER_CONNECTION = 10
 CONNECTION_INIT_WAIT = timedelta(seconds=10)
+ORPHAN_CHECK_SECONDS = 1.0
+_SUPERVISOR = "VIGIL_PORTAL_SUPERVISOR_PID"
 MIN_SECRET_BYTES = 32
 
 
@@ -185,30 +194,77 @@ def _stopped(signum: int, frame: FrameType | None) -> NoReturn:
     raise SystemExit(0)
 
 
-def run(host: str | None = None, port: int | None = None) -> None:
-    """Serve until SIGTERM or SIGINT, then finish the requests in flight and stop."""
+def run(host: str | None = None, port: int | None = None, workers: int | None = None) -> None:
+    """Serve until SIGTERM or SIGINT, then finish the requests in flight and stop.
+
+    With more than one worker (``--workers`` or ``VIGIL_PORTAL_WORKERS``), uvicorn's
+    supervisor binds the socket once and runs that many worker processes on it; on
+    SIGTERM or SIGINT it passes SIGTERM to each, each drains its requests in flight as a
+    single process does, and the supervisor exits once they all have. A worker that dies
+    is replaced. Metrics then come from every worker (see :mod:`portal.metrics`).
+    """
     settings = get_settings()
+    count = workers or settings.portal_workers
+    if count < 1:
+        raise SystemExit("vigil portal: --workers must be at least 1")
     try:
-        app = create_app(settings)
+        check_settings(settings)
     except InsecureSettings as error:
         log.critical("refusing to start", extra={"reason": str(error)})
         raise SystemExit(f"vigil portal: {error}") from error
 
-    server = uvicorn.Server(
-        uvicorn.Config(
-            app,
-            host=host or settings.portal_host,
-            port=port or settings.portal_port,
-            lifespan="on",
-            log_config=None,
-            access_log=False,
-            server_header=False,
-            timeout_graceful_shutdown=SHUTDOWN_GRACE_SECONDS,
-            ws_max_size=MAX_WEBSOCKET_FRAME_BYTES,
-        )
+    config = partial(
+        uvicorn.Config,
+        host=host or settings.portal_host,
+        port=port or settings.portal_port,
+        lifespan="on",
+        log_config=None,
+        access_log=False,
+        server_header=False,
+        timeout_graceful_shutdown=SHUTDOWN_GRACE_SECONDS,
+        ws_max_size=MAX_WEBSOCKET_FRAME_BYTES,
     )
+    if count > 1:
+        _run_workers(config(f"{__name__}:worker_app", factory=True, workers=count))
+        return
+
+    server = uvicorn.Server(config(create_app(settings)))
     for stop in (signal.SIGTERM, signal.SIGINT):
         signal.signal(stop, _stopped)
     server.run()
     if not server.started:
         raise SystemExit("vigil portal: the server did not start")
+
+
+def worker_app() -> Litestar:
+    """The application of one worker process (started by uvicorn's supervisor, which
+    imports it by name in a fresh interpreter)."""
+    settings = get_settings()
+    configure_logging(settings.log_level)
+    # The supervisor's pid comes from the supervisor itself: had it died before this
+    # line, the parent now would be whichever process adopted this one.
+    _stop_when_orphaned(int(os.environ.get(_SUPERVISOR, os.getppid())))
+    return create_app(settings)
+
+
+def _stop_when_orphaned(supervisor: int) -> None:
+    """Stop (gracefully, as on SIGTERM) if the supervisor dies without stopping this
+    worker, say killed with SIGKILL: a worker left behind would go on serving the port."""
+
+    def watch() -> None:
+        while os.getppid() == supervisor:
+            time.sleep(ORPHAN_CHECK_SECONDS)
+        log.warning("portal supervisor gone; stopping", extra={"supervisor": supervisor})
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="orphan-watch", daemon=True).start()
+
+
+def _run_workers(config: uvicorn.Config) -> None:
+    with tempfile.TemporaryDirectory(prefix="vigil-portal-metrics-") as directory:
+        # Inherited by the workers, which then keep their metrics in files there.
+        os.environ[MULTIPROCESS_DIRECTORY] = directory
+        os.environ[_SUPERVISOR] = str(os.getpid())
+        log.info("portal supervisor started", extra={"workers": config.workers})
+        Multiprocess(config, sockets=[config.bind_socket()]).run()
+        log.info("portal supervisor stopped")
