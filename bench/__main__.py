@@ -1,7 +1,11 @@
 """``make bench``: Vigil beside raw baselines, run in the same script on the same machine.
 
-It uses a database of its own (``vigil_bench``) and a broker prefix of its own, so it
-neither reads nor disturbs a running Vigil. Results are ratios: ours / raw.
+It uses a database of its own (``VIGIL_BENCH_DATABASE``, default ``vigil_bench``) and a
+broker prefix of its own (``VIGIL_BENCH_PREFIX``, default ``vigilbench``), so it neither
+reads nor disturbs a running Vigil. Results are ratios: ours / raw. The pipeline's rows
+(the whole chain of processes, :mod:`bench.pipeline`) have no raw counterpart; they stand
+beside the baselines of its parts. ``VIGIL_BENCH_ONLY`` (comma-separated: ingest, relay,
+scoring, pipeline) runs some sections only.
 """
 
 from __future__ import annotations
@@ -17,8 +21,14 @@ _DB = os.environ["VIGIL_BENCH_DATABASE"]
 os.environ["VIGIL_DATABASE_URL"] = f"postgresql://vigil_app@127.0.0.1:5432/{_DB}"
 os.environ["VIGIL_RELAY_DATABASE_URL"] = f"postgresql://vigil_relay@127.0.0.1:5432/{_DB}"
 os.environ["VIGIL_OWNER_DATABASE_URL"] = f"postgresql://vigil_owner@127.0.0.1:5432/{_DB}"
-os.environ["VIGIL_AMQP_PREFIX"] = "vigilbench"
+os.environ["VIGIL_AMQP_PREFIX"] = os.environ.get("VIGIL_BENCH_PREFIX", "vigilbench")
 os.environ.setdefault("VIGIL_LOG_LEVEL", "WARNING")
+# The processes it starts serve no metrics, so they never meet a port in use.
+for _process in ("RELAY", "INBOUND", "DISPATCH", "WORKER"):
+    os.environ.setdefault(f"VIGIL_{_process}_METRICS_PORT", "0")
+SECTIONS = ("ingest", "relay", "scoring", "pipeline")
+ONLY = [s for s in os.environ.get("VIGIL_BENCH_ONLY", ",".join(SECTIONS)).split(",") if s]
+WORKERS = int(os.environ.get("VIGIL_BENCH_WORKERS", "2"))
 
 from pathlib import Path  # noqa: E402
 
@@ -26,7 +36,7 @@ from adapters.broker import Names, declare_topology, delete_topology  # noqa: E4
 from adapters.database import make_engine  # noqa: E402
 from adapters.settings import get_settings  # noqa: E402
 from adapters.tenants import create_tenant  # noqa: E402
-from bench import ingest, relay, scoring  # noqa: E402
+from bench import ingest, pipeline, relay, scoring  # noqa: E402
 from vigil.processes import Processes, child_environment, wait_until_ready  # noqa: E402
 
 HEADER = ["what", "Vigil", "raw baseline", "ratio"]
@@ -84,12 +94,17 @@ def main() -> int:
     )
     rows: list[list[str]] = []
     try:
-        processes.start("portal")
-        wait_until_ready(f"http://127.0.0.1:{port}/health/ready")
-        rows += asyncio.run(ingest.compare(settings, tenant_id, f"http://127.0.0.1:{port}"))
-        processes.stop()
-        rows += asyncio.run(relay.compare(settings, tenant_id))
-        rows += asyncio.run(scoring.compare(settings, tenant_id))
+        if "ingest" in ONLY:
+            processes.start("portal")
+            wait_until_ready(f"http://127.0.0.1:{port}/health/ready")
+            rows += asyncio.run(ingest.compare(settings, tenant_id, f"http://127.0.0.1:{port}"))
+            processes.stop()
+        if "relay" in ONLY:
+            rows += asyncio.run(relay.compare(settings, tenant_id))
+        if "scoring" in ONLY:
+            rows += asyncio.run(scoring.compare(settings, tenant_id))
+        if "pipeline" in ONLY:
+            rows += pipeline.compare(settings, tenant_id, _free_port(), WORKERS)
     finally:
         processes.stop()
         asyncio.run(_teardown())
