@@ -181,7 +181,7 @@ def compare(settings: Settings, tenant_id: uuid.UUID, port: int, workers: int) -
             processes.start(command, name=f"pipeline-{command}")
         for number in range(workers):
             processes.start("worker", name=f"pipeline-worker-{number + 1}")
-        wait_until_ready(f"http://127.0.0.1:{port}/health/ready")
+        wait_until_ready(f"http://127.0.0.1:{port}/health/ready", timeout=120.0)
         return asyncio.run(_measure(settings, tenant_id, f"http://127.0.0.1:{port}"))
     finally:
         processes.stop()

@@ -61,9 +61,24 @@ mutation Ingest($input: IngestEventsInput!) {
 BY_QUEUE = 10
 # Memory is compared after this many transfers and at the end, to show it is bounded.
 EARLY_MEMORY_AT = 10_000
-# The demo gives up waiting when nothing has been assessed for this long.
-STALL_SECONDS = 120.0
+# A score job lost with Redis's data or a killed worker is enqueued again by the
+# reconciler after its deadline; the demo shortens both (unless the operator set them)
+# so that a replay recovers within its own run, and waits longer than that before it
+# gives up on an event.
+#
+# Score jobs of one tenant commit one at a time (they all move the tenant's audit-chain
+# head), so more jobs in flight than a few per worker only hold database connections.
+CHILD_DEFAULTS = {
+    "VIGIL_RECONCILE_DEADLINE_SECONDS": "60",
+    "VIGIL_RECONCILE_INTERVAL_SECONDS": "15",
+    "VIGIL_WORKER_CONCURRENCY": "8",
+}
+# A batch the portal could not take for a passing reason (the database out of
+# connections, say) is sent again: its keys make a second delivery harmless.
+SEND_TRIES = 6
+STALL_SECONDS = 180.0
 POLL_SECONDS = 0.5
+READY_SECONDS = 120.0
 
 
 @dataclass(slots=True)
@@ -97,7 +112,10 @@ def run(args: argparse.Namespace) -> int:
     base = f"http://{settings.portal_host}:{settings.portal_port}"
     print(f"replaying {len(events):,} transfers from {data} as tenant {slug} ({tenant_id})")
 
-    processes = Processes(child_environment(), Path(".cache/demo-logs"))
+    environment = child_environment()
+    for name, value in CHILD_DEFAULTS.items():
+        environment.setdefault(name, value)
+    processes = Processes(environment, Path(".cache/demo-logs"))
     # A stop by SIGTERM (a timeout, a supervisor) stops the children too, as Ctrl-C does.
     signal.signal(signal.SIGTERM, _interrupt)
     try:
@@ -108,7 +126,8 @@ def run(args: argparse.Namespace) -> int:
             port = settings.worker_metrics_port and settings.worker_metrics_port + number
             name = f"worker-{number + 1}" if args.workers > 1 else "worker"
             processes.start("worker", name=name, VIGIL_WORKER_METRICS_PORT=str(port))
-        wait_until_ready(f"{base}/health/ready")
+        # Generous: on a busy machine the portal and its probes start slowly.
+        wait_until_ready(f"{base}/health/ready", timeout=READY_SECONDS)
         report = asyncio.run(_replay(settings, args, base, tenant_id, events, data, processes))
         for line in report.lines():
             print(line)
@@ -214,14 +233,7 @@ async def _send_graphql(
 
     async def sender(client: httpx.AsyncClient) -> None:
         for start in batches:
-            chunk = list(events[start : start + batch])
-            response = await client.post(
-                "/graphql", json={"query": MUTATION, "variables": {"input": {"events": chunk}}}
-            )
-            response.raise_for_status()
-            body = response.json()
-            if body.get("errors"):
-                raise RuntimeError(f"the portal refused a batch: {body['errors']}")
+            body = await _post_batch(client, list(events[start : start + batch]))
             for result in body["data"]["ingestEvents"]["results"]:
                 if result["__typename"] == "EventRejected":
                     sent.rejected += 1
@@ -234,6 +246,29 @@ async def _send_graphql(
     async with httpx.AsyncClient(base_url=base, headers=headers, timeout=120.0) as client:
         await asyncio.gather(*(sender(client) for _ in range(senders)))
     return sent
+
+
+async def _post_batch(client: httpx.AsyncClient, chunk: list[dict[str, Any]]) -> Any:
+    """The portal's answer to one batch, sent again after a transient failure."""
+    payload = {"query": MUTATION, "variables": {"input": {"events": chunk}}}
+    for attempt in range(1, SEND_TRIES + 1):
+        try:
+            response = await client.post("/graphql", json=payload)
+            if response.status_code < 500:
+                response.raise_for_status()
+                body = response.json()
+                codes = {e.get("extensions", {}).get("code") for e in body.get("errors") or []}
+                if not codes:
+                    return body
+                if codes - {"INTERNAL", "UNAVAILABLE"} or attempt == SEND_TRIES:
+                    raise RuntimeError(f"the portal refused a batch: {body['errors']}")
+            elif attempt == SEND_TRIES:
+                response.raise_for_status()
+        except httpx.TransportError:
+            if attempt == SEND_TRIES:
+                raise
+        await asyncio.sleep(0.5 * 2**attempt)
+    raise AssertionError("unreachable")
 
 
 async def _send_queue(
