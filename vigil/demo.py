@@ -116,8 +116,10 @@ def run(args: argparse.Namespace) -> int:
     for name, value in CHILD_DEFAULTS.items():
         environment.setdefault(name, value)
     processes = Processes(environment, Path(".cache/demo-logs"))
-    # A stop by SIGTERM (a timeout, a supervisor) stops the children too, as Ctrl-C does.
+    # A stop by SIGTERM (a timeout, a supervisor) or SIGINT stops the children too; SIGINT
+    # is set here as well because a shell starting the demo in the background ignores it.
     signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, _interrupt)
     try:
         for command in ("relay", "inbound", "dispatcher", "portal"):
             processes.start(command)
