@@ -4,8 +4,10 @@ sample bank, through the real processes, checked against the database afterwards
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import uuid
@@ -158,3 +160,70 @@ async def test_the_demo_assesses_each_transfer_once_and_reports_what_the_databas
 def _tenant_of(stdout: str) -> str:
     first = stdout.splitlines()[0]
     return first.rsplit("(", 1)[1].rstrip(")")
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for status in Path("/proc").glob("[0-9]*/status"):
+        try:
+            fields = dict(line.split(":\t", 1) for line in status.read_text().splitlines())
+        except (OSError, ValueError):
+            continue
+        if fields.get("PPid", "").strip() == str(pid):
+            found.append(int(status.parent.name))
+    return found
+
+
+@pytest.mark.skipif(DATA is None, reason="the sample bank is not here")
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_kept_running_demo_stops_its_processes_on_a_signal(
+    migrated: None, tmp_path: Path, signum: signal.Signals
+) -> None:
+    assert DATA is not None
+    env = dict(os.environ)
+    env.update(
+        VIGIL_PORTAL_PORT=str(_free_port()),
+        VIGIL_RELAY_METRICS_PORT="0",
+        VIGIL_INBOUND_METRICS_PORT="0",
+        VIGIL_DISPATCH_METRICS_PORT="0",
+        VIGIL_WORKER_METRICS_PORT="0",
+        VIGIL_LOG_LEVEL="WARNING",
+        VIGIL_DEMO_DATA=str(DATA),
+    )
+    # Started as a shell starts a background job: with SIGINT ignored.
+    demo = subprocess.Popen(
+        [sys.executable, "-m", "vigil", "demo", "--limit", "20", "--keep-running"],
+        env=env,
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
+    )
+    children: list[int] = []
+    try:
+        assert demo.stdout is not None
+        lines = []
+        for line in demo.stdout:
+            lines.append(line)
+            if "Ctrl-C to stop" in line:
+                break
+        assert any(line.startswith("GraphiQL: http://") for line in lines), lines
+        assert any(line.startswith("analyst token") for line in lines), lines
+        children = _children(demo.pid)
+        assert len(children) == 6  # relay, inbound, dispatcher, portal, two workers
+
+        demo.send_signal(signum)
+        demo.wait(60)
+
+        assert demo.returncode == 0
+        assert not [pid for pid in children if Path(f"/proc/{pid}").exists()]
+    finally:
+        if demo.poll() is None:
+            demo.kill()
+            demo.wait()
+        if demo.stdout is not None:
+            demo.stdout.close()
+        for pid in children:  # never leave a process behind, even when the test fails
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
