@@ -44,6 +44,7 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 	$(BIN)/lint-imports
+	$(BIN)/vigil schema check
 	@if command -v docker-compose >/dev/null 2>&1; then docker-compose config -q && echo "docker-compose.yml is valid"; \
 	 elif docker compose version >/dev/null 2>&1; then docker compose config -q && echo "docker-compose.yml is valid"; fi
 

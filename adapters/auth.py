@@ -1,6 +1,10 @@
 """Bearer tokens: JWTs carrying the subject, the tenant and the roles.
 
-A token is refused unless its signature, issuer and audience verify, and also when a
+Tokens are signed with HS256 and a shared secret for local use, or with RS256 by an
+identity provider whose public keys we read from its JWKS URL (:class:`JwksKeys`). Only
+the configured algorithm is accepted, so a token signed with the RS256 public key taken
+as an HMAC secret never verifies. A token is refused unless its signature, issuer and
+audience verify, and also when a
 claim is spelled in a way we never mint: times that are not integer timestamps, a
 lifetime over ``jwt_max_lifetime_hours`` (counted from ``iat``, else from now), or a
 tenant id other than the lower-case hyphenated UUID.
@@ -8,11 +12,16 @@ tenant id other than the lower-case hyphenated UUID.
 
 from __future__ import annotations
 
+import functools
+import math
 import re
+import threading
+import time
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
+from typing import Any
 
 import jwt
 
@@ -56,7 +65,8 @@ def mint_token(
     roles: list[Role],
     lifetime: timedelta = timedelta(hours=8),
 ) -> str:
-    """A signed token; raise ValueError for a lifetime the portal would refuse."""
+    """A token signed with the shared secret (HS256, for local use); raise ValueError for
+    a lifetime the portal would refuse."""
     longest = timedelta(hours=settings.jwt_max_lifetime_hours)
     if lifetime > longest:
         raise ValueError(f"a token lives at most {longest} (jwt_max_lifetime_hours)")
@@ -74,14 +84,100 @@ def mint_token(
     return jwt.encode(claims, settings.jwt_secret.get_secret_value(), algorithm="HS256")
 
 
+class JwksKeys:
+    """The identity provider's signing keys, read from its JWKS URL.
+
+    The key set is cached for ``cache_seconds``; a token naming a key id that is not in
+    it makes us fetch the set again (the provider may have rotated its keys), but at
+    most once every ``min_refresh_seconds``, whatever the tokens say. Fetching blocks:
+    call :meth:`key_for` from a thread when an event loop must not wait.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        cache_seconds: float = 300.0,
+        min_refresh_seconds: float = 30.0,
+        timeout_seconds: float = 5.0,
+    ) -> None:
+        self._client = jwt.PyJWKClient(
+            url, cache_keys=False, lifespan=cache_seconds, timeout=timeout_seconds
+        )
+        self._min_refresh = min_refresh_seconds
+        self._refreshed_at = -math.inf
+        self._lock = threading.Lock()
+
+    def key_for(self, token: str) -> Any:
+        try:
+            kid = jwt.get_unverified_header(token).get("kid")
+        except jwt.PyJWTError as error:
+            raise InvalidToken(str(error)) from error
+        if not isinstance(kid, str) or not kid:
+            raise InvalidToken("the token names no key (kid)")
+        key = self._find(kid, refresh=False)
+        if key is None and self._may_refresh():
+            key = self._find(kid, refresh=True)
+        if key is None:
+            raise InvalidToken("the token names a key the identity provider does not list")
+        return key
+
+    def _may_refresh(self) -> bool:
+        with self._lock:
+            now = time.monotonic()
+            if now - self._refreshed_at < self._min_refresh:
+                return False
+            self._refreshed_at = now
+            return True
+
+    def _find(self, kid: str, *, refresh: bool) -> Any:
+        try:
+            keys = self._client.get_signing_keys(refresh=refresh)
+        except jwt.PyJWKClientError as error:
+            # Fail closed: without the provider's keys no token verifies.
+            raise InvalidToken(f"the signing keys could not be read: {error}") from error
+        for key in keys:
+            if key.key_id == kid:
+                return key.key
+        return None
+
+
+@functools.lru_cache(maxsize=4)
+def _jwks(url: str, cache: float, min_refresh: float, timeout: float) -> JwksKeys:
+    return JwksKeys(
+        url, cache_seconds=cache, min_refresh_seconds=min_refresh, timeout_seconds=timeout
+    )
+
+
+def jwks_keys(settings: Settings) -> JwksKeys:
+    """The key set of these settings, one per URL in a process (its cache is shared)."""
+    if settings.jwks_url is None:
+        raise InvalidToken("RS256 needs VIGIL_JWKS_URL")
+    return _jwks(
+        settings.jwks_url,
+        settings.jwks_cache_seconds,
+        settings.jwks_min_refresh_seconds,
+        settings.jwks_timeout_seconds,
+    )
+
+
+def _verification_key(settings: Settings, token: str) -> Any:
+    if settings.jwt_algorithm == "RS256":
+        return jwks_keys(settings).key_for(token)
+    return settings.jwt_secret.get_secret_value()
+
+
 def verify_token(settings: Settings, token: str) -> Principal:
+    """The token's principal, or :class:`InvalidToken`. With RS256 this may fetch the
+    key set (see :class:`JwksKeys`)."""
     if len(token) > MAX_TOKEN_LENGTH:
         raise InvalidToken("the token is too long")
+    key = _verification_key(settings, token)
     try:
         claims = jwt.decode(
             token,
-            settings.jwt_secret.get_secret_value(),
-            algorithms=["HS256"],
+            key,
+            algorithms=[settings.jwt_algorithm],
             audience=settings.jwt_audience,
             issuer=settings.jwt_issuer,
             leeway=settings.jwt_leeway_seconds,

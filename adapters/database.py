@@ -7,13 +7,16 @@ from collections.abc import Iterator
 
 import asyncpg
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from domain.errors import TransientFailure
 
-# SQLSTATEs worth another try: serialization failure, deadlock, lock timeout, and the
-# connection classes (admin shutdown, cannot connect now).
+# SQLSTATEs worth another try: serialization failure, deadlock, lock timeout, too many
+# connections (the server's slots are all taken), and the connection classes (admin
+# shutdown, cannot connect now).
 _TRANSIENT_SQLSTATES = {
+    "53300",
     "40001",
     "40P01",
     "55P03",
@@ -39,11 +42,18 @@ def plain_url(url: str) -> str:
     return url.replace("postgresql+asyncpg://", "postgresql://", 1)
 
 
-def make_engine(url: str, *, pool_size: int = 10, application_name: str = "vigil") -> AsyncEngine:
+def make_engine(
+    url: str,
+    *,
+    pool_size: int = 10,
+    application_name: str = "vigil",
+    pool_timeout_seconds: float = 30.0,
+) -> AsyncEngine:
     return create_async_engine(
         async_url(url),
         pool_size=pool_size,
         max_overflow=pool_size,
+        pool_timeout=pool_timeout_seconds,
         # No ping before each checkout: it costs a round trip per transaction. A
         # connection found dead fails its statement as TransientFailure, SQLAlchemy then
         # discards the whole pool's connections, and the retry gets a fresh one.
@@ -70,6 +80,9 @@ def translate_errors() -> Iterator[None]:
     """Turn driver errors worth retrying into :class:`TransientFailure`."""
     try:
         yield
+    except PoolTimeout as error:
+        # Every pooled connection stayed busy for the whole timeout: overload, not a fault.
+        raise TransientFailure("no database connection became free in time") from error
     except (OperationalError, InterfaceError) as error:
         raise TransientFailure("the database connection failed") from error
     except DBAPIError as error:

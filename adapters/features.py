@@ -4,8 +4,9 @@ For each of the two accounts (the event's subject and its counterparty) the stat
 reads two index range scans and two single-row probes, each bounded by the event's time:
 
 - outgoing transfers, by ``events_outgoing`` (tenant, subject, time), over the longest
-  window ``(t - 30d, t]``; every window's figures are ``FILTER`` aggregates of that one
-  scan;
+  window ``(t - 90d, t]``; every window's figures are ``FILTER`` aggregates of that one
+  scan. The 90-day window is the account's profile: what it usually sends and receives,
+  against which one transfer's amount is judged;
 - incoming transfers, by ``events_incoming`` (tenant, counterparty, time), the same way;
 - the latest transfer in each direction strictly before ``t``, for dormancy, which may lie
   before the longest window: a backward probe that stops at the first row.

@@ -62,6 +62,10 @@ SCORING_REDRIVEN = Counter(
     ["by"],
 )
 
+CASE_SLA_BREACHES = Counter(
+    "vigil_case_sla_breaches_total", "Cases flagged as past their SLA due time."
+)
+
 
 def serve_metrics(port: int, host: str = "127.0.0.1") -> None:
     """Expose the default registry over HTTP (port 0: do not serve)."""

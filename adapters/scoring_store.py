@@ -31,12 +31,13 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from adapters import tables
+from adapters.case_store import case_of_row
 from adapters.database import translate_errors
 from adapters.features import history_features
 from domain.cases import Case, CaseStatus
 from domain.errors import TransientFailure
 from domain.reference import CURRENCY_MINOR_UNITS
-from domain.rules import Band, Evaluation, RuleOutcome, Ruleset
+from domain.rules import Evaluation, RuleOutcome, Ruleset
 from domain.scoring import AlertRecord, AssessmentRecord, Features, StoredEvent, StoredRuleset
 
 _events = tables.events
@@ -159,7 +160,15 @@ _SAVE_CASE = (
     .values(
         {
             column: bindparam(f"new_{column}", type_=_cases.c[column].type)
-            for column in ("band", "priority", "sla_due_at", "alert_count", "version", "updated_at")
+            for column in (
+                "band",
+                "priority",
+                "sla_due_at",
+                "alert_count",
+                "version",
+                "typologies",
+                "updated_at",
+            )
         }
     )
 )
@@ -316,19 +325,7 @@ class SqlScoringStore:
 
     async def open_case(self, subject_id: uuid.UUID) -> Case | None:
         row = await self._first(_OPEN_CASE, subject_id=subject_id)
-        if row is None:
-            return None
-        return Case(
-            case_id=row.case_id,
-            subject_id=row.subject_id,
-            status=CaseStatus(row.status),
-            band=Band(row.band),
-            priority=row.priority,
-            opened_at=row.opened_at,
-            sla_due_at=row.sla_due_at,
-            alert_count=row.alert_count,
-            version=row.version,
-        )
+        return case_of_row(row) if row is not None else None
 
     async def add_case(self, case: Case) -> bool:
         inserted = await self._first(
@@ -343,6 +340,8 @@ class SqlScoringStore:
             sla_due_at=case.sla_due_at,
             alert_count=case.alert_count,
             version=case.version,
+            queue=case.queue,
+            typologies=list(case.typologies),
         )
         return inserted is not None
 
@@ -357,6 +356,7 @@ class SqlScoringStore:
                 "new_sla_due_at": case.sla_due_at,
                 "new_alert_count": case.alert_count,
                 "new_version": case.version,
+                "new_typologies": list(case.typologies),
                 "new_updated_at": datetime.now(UTC),
             },
         )

@@ -19,6 +19,8 @@ class Settings(BaseSettings):
     relay_database_url: str = "postgresql://vigil_relay@127.0.0.1:5432/vigil"
     owner_database_url: str = "postgresql://vigil_owner@127.0.0.1:5432/vigil"
     database_pool_size: int = Field(10, ge=1, le=200)
+    # How long a request waits for a pooled connection before it is answered UNAVAILABLE.
+    database_pool_timeout_seconds: float = Field(10.0, gt=0, le=300)
 
     redis_url: str = "redis://127.0.0.1:6379/0"
     amqp_url: SecretStr = SecretStr("amqp://guest:guest@127.0.0.1:5672/")
@@ -26,6 +28,15 @@ class Settings(BaseSettings):
     # shared broker can keep to their own.
     amqp_prefix: str = Field("vigil", pattern="^[a-z][a-z0-9_.-]{0,40}$")
 
+    # HS256 with a shared secret for local use; RS256 with keys from a JWKS URL (the
+    # identity provider's) in production.
+    jwt_algorithm: str = Field("HS256", pattern="^(HS256|RS256)$")
+    jwks_url: str | None = None
+    jwks_cache_seconds: float = Field(300.0, gt=0, le=86400)
+    # A token naming a key we do not hold makes us fetch the key set again, at most
+    # this often, so that forged key ids cannot make us hammer the identity provider.
+    jwks_min_refresh_seconds: float = Field(30.0, ge=0, le=3600)
+    jwks_timeout_seconds: float = Field(5.0, gt=0, le=60)
     jwt_secret: SecretStr = SecretStr("change-me-local-development-only-secret")
     jwt_issuer: str = "vigil"
     jwt_audience: str = "vigil-api"
@@ -36,6 +47,10 @@ class Settings(BaseSettings):
     portal_host: str = "127.0.0.1"
     portal_port: int = Field(8000, ge=1, le=65535)
     max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024)
+    # GraphQL requests per tenant per window, shared by all replicas (in Redis); 0 turns
+    # the limit off.
+    rate_limit_requests: int = Field(1200, ge=0)
+    rate_limit_window_seconds: float = Field(60.0, gt=0, le=3600)
 
     relay_batch_size: int = Field(200, ge=1, le=5000)
     relay_concurrency: int = Field(2, ge=1, le=16)
@@ -70,6 +85,10 @@ class Settings(BaseSettings):
     reconcile_interval_seconds: float = Field(60.0, ge=0)
     reconcile_lookback_hours: float = Field(72.0, gt=0)
     reconcile_batch_size: int = Field(5000, ge=1, le=100_000)
+    # The dispatcher flags cases past their SLA every interval; 0 turns it off (`vigil
+    # sla` still runs one pass).
+    sla_sweep_interval_seconds: float = Field(30.0, ge=0)
+    sla_sweep_batch_size: int = Field(500, ge=1, le=10_000)
     # Background processes serve /metrics here; in a container, bind 0.0.0.0.
     metrics_host: str = "127.0.0.1"
 

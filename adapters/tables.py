@@ -165,6 +165,83 @@ cases = Table(
     _time("sla_due_at", nullable=False),
     Column("alert_count", Integer, nullable=False),
     Column("version", Integer, nullable=False),
+    Column("queue", Text, nullable=False),
+    Column("typologies", ARRAY(Text), nullable=False),
+    Column("assignee", Text),
+    Column("disposition", Text),
+    Column("rationale", Text),
+    Column("proposed_by", Text),
+    _time("proposed_at"),
+    Column("decision", Text),
+    Column("decided_by", Text),
+    Column("decided_roles", ARRAY(Text)),
+    _time("decided_at"),
+    Column("decision_reason", Text),
+    _time("closed_at"),
+    _time("sla_breached_at"),
+)
+
+case_policies = Table(
+    "case_policies",
+    metadata,
+    _tenant(),
+    Column("document", JSONB, nullable=False),
+    Column("low_closes_alone", Boolean, nullable=False),
+    _time("updated_at"),
+    Column("updated_by", Text, nullable=False),
+)
+
+case_transitions = Table(
+    "case_transitions",
+    metadata,
+    _tenant(),
+    Column("case_id", UUID(as_uuid=True), primary_key=True),
+    Column("version", Integer, primary_key=True),
+    Column("action", Text, nullable=False),
+    Column("from_status", Text, nullable=False),
+    Column("to_status", Text, nullable=False),
+    Column("actor", Text, nullable=False),
+    Column("actor_roles", ARRAY(Text), nullable=False),
+    Column("details", JSONB, nullable=False),
+    _time("taken_at"),
+)
+
+case_comments = Table(
+    "case_comments",
+    metadata,
+    _tenant(),
+    Column("comment_id", UUID(as_uuid=True), primary_key=True),
+    Column("version", Integer, primary_key=True),
+    Column("case_id", UUID(as_uuid=True), nullable=False),
+    Column("body", Text, nullable=False),
+    Column("author", Text, nullable=False),
+    _time("written_at"),
+)
+
+case_evidence = Table(
+    "case_evidence",
+    metadata,
+    _tenant(),
+    Column("evidence_id", UUID(as_uuid=True), primary_key=True),
+    Column("case_id", UUID(as_uuid=True), nullable=False),
+    Column("kind", Text, nullable=False),
+    Column("reference", Text, nullable=False),
+    Column("sha256", LargeBinary, nullable=False),
+    Column("description", Text, nullable=False),
+    Column("added_by", Text, nullable=False),
+    _time("added_at"),
+)
+
+case_mutations = Table(
+    "case_mutations",
+    metadata,
+    _tenant(),
+    Column("actor", Text, primary_key=True),
+    Column("client_mutation_id", Text, primary_key=True),
+    Column("mutation", Text, nullable=False),
+    Column("case_id", UUID(as_uuid=True), nullable=False),
+    Column("answer", JSONB, nullable=False),
+    _time("created_at"),
 )
 
 alerts = Table(

@@ -21,6 +21,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from adapters import tables
+from adapters.case_store import SqlCaseStore
 from adapters.database import sqlstate, translate_errors
 from adapters.scoring_store import SqlScoringStore
 from domain.audit import AuditEntry, seal
@@ -190,6 +191,7 @@ class SqlUnitOfWork:
         self.subjects = SqlSubjectStore(self._connection, self.tenant_id)
         self.inbox = SqlInbox(self._connection, self.tenant_id)
         self.scoring = SqlScoringStore(self._connection, self.tenant_id)
+        self.cases = SqlCaseStore(self._connection, self.tenant_id)
         return self
 
     async def __aexit__(

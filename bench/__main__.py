@@ -1,11 +1,11 @@
 """``make bench``: Vigil beside raw baselines, run in the same script on the same machine.
 
-It uses a database of its own (``VIGIL_BENCH_DATABASE``, default ``vigil_bench``) and a
-broker prefix of its own (``VIGIL_BENCH_PREFIX``, default ``vigilbench``), so it neither
-reads nor disturbs a running Vigil. Results are ratios: ours / raw. The pipeline's rows
-(the whole chain of processes, :mod:`bench.pipeline`) have no raw counterpart; they stand
-beside the baselines of its parts. ``VIGIL_BENCH_ONLY`` (comma-separated: ingest, relay,
-scoring, pipeline) runs some sections only.
+It uses a database of its own (``vigil_bench``, or ``VIGIL_BENCH_DATABASE``) and a
+broker prefix of its own (``vigilbench``, or ``VIGIL_BENCH_PREFIX``), so it neither reads
+nor disturbs a running Vigil. Results are ratios: ours / raw. ``python -m bench read``
+runs only the parts named (ingest, read, relay, scoring, pipeline). The pipeline's rows
+(the whole chain of processes, :mod:`bench.pipeline`, with ``VIGIL_BENCH_WORKERS``
+scoring workers) have no raw counterpart; they stand beside the baselines of its parts.
 """
 
 from __future__ import annotations
@@ -26,9 +26,6 @@ os.environ.setdefault("VIGIL_LOG_LEVEL", "WARNING")
 # The processes it starts serve no metrics, so they never meet a port in use.
 for _process in ("RELAY", "INBOUND", "DISPATCH", "WORKER"):
     os.environ.setdefault(f"VIGIL_{_process}_METRICS_PORT", "0")
-SECTIONS = ("ingest", "relay", "scoring", "pipeline")
-ONLY = [s for s in os.environ.get("VIGIL_BENCH_ONLY", ",".join(SECTIONS)).split(",") if s]
-WORKERS = int(os.environ.get("VIGIL_BENCH_WORKERS", "2"))
 
 from pathlib import Path  # noqa: E402
 
@@ -36,7 +33,7 @@ from adapters.broker import Names, declare_topology, delete_topology  # noqa: E4
 from adapters.database import make_engine  # noqa: E402
 from adapters.settings import get_settings  # noqa: E402
 from adapters.tenants import create_tenant  # noqa: E402
-from bench import ingest, pipeline, relay, scoring  # noqa: E402
+from bench import ingest, pipeline, read, relay, scoring  # noqa: E402
 from vigil.processes import Processes, child_environment, wait_until_ready  # noqa: E402
 
 HEADER = ["what", "Vigil", "raw baseline", "ratio"]
@@ -81,29 +78,43 @@ async def _teardown() -> None:
         await delete_topology(channel, Names(settings.amqp_prefix))
 
 
-def main() -> int:
+PARTS = ("ingest", "read", "relay", "scoring", "pipeline")
+WORKERS = int(os.environ.get("VIGIL_BENCH_WORKERS", "2"))
+
+
+def main(argv: list[str]) -> int:
     from vigil.cli import main as vigil
 
+    parts = argv or list(PARTS)
+    if unknown := set(parts) - set(PARTS):
+        raise SystemExit(f"unknown parts {sorted(unknown)}: choose among {', '.join(PARTS)}")
     vigil(["migrate"])
     settings = get_settings()
     tenant_id = asyncio.run(_setup())
     port = _free_port()
+    base_url = f"http://127.0.0.1:{port}"
     processes = Processes(
-        child_environment(VIGIL_PORTAL_PORT=str(port), VIGIL_ENVIRONMENT="test"),
+        # The benchmark is one tenant sending as fast as it can: no rate limit.
+        child_environment(
+            VIGIL_PORTAL_PORT=str(port), VIGIL_ENVIRONMENT="test", VIGIL_RATE_LIMIT_REQUESTS="0"
+        ),
         Path(".cache/bench-logs"),
     )
     rows: list[list[str]] = []
     try:
-        if "ingest" in ONLY:
+        if "ingest" in parts or "read" in parts:
             processes.start("portal")
-            wait_until_ready(f"http://127.0.0.1:{port}/health/ready")
-            rows += asyncio.run(ingest.compare(settings, tenant_id, f"http://127.0.0.1:{port}"))
-            processes.stop()
-        if "relay" in ONLY:
+            wait_until_ready(f"{base_url}/health/ready")
+        if "ingest" in parts:
+            rows += asyncio.run(ingest.compare(settings, tenant_id, base_url))
+        if "read" in parts:
+            rows += asyncio.run(read.compare(settings, base_url))
+        processes.stop()
+        if "relay" in parts:
             rows += asyncio.run(relay.compare(settings, tenant_id))
-        if "scoring" in ONLY:
+        if "scoring" in parts:
             rows += asyncio.run(scoring.compare(settings, tenant_id))
-        if "pipeline" in ONLY:
+        if "pipeline" in parts:
             rows += pipeline.compare(settings, tenant_id, _free_port(), WORKERS)
     finally:
         processes.stop()
@@ -113,4 +124,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))

@@ -85,7 +85,7 @@ EVENT_COLUMNS = (
     "door",
     "actor",
 )
-# The raw baseline: one range scan of one index, the originator's last 30 days.
+# The raw baseline: one range scan of one index, the originator's longest window (90 days).
 _BASELINE = """
 SELECT count(*) FROM events
 WHERE tenant_id = $1 AND subject_id = $2 AND occurred_at > $3 AND occurred_at <= $4
@@ -111,7 +111,7 @@ class Timing:
     label: str
     features_ms: list[float]
     baseline_ms: list[float]
-    window_rows: float  # transfers in the 30-day windows of both accounts, on average
+    window_rows: float  # transfers in the 90-day windows of both accounts, on average
     generic_plans: int
     custom_plans: int
 
@@ -268,7 +268,7 @@ async def time_features(
             features_ms.append((time.perf_counter() - started) * 1000)
             results.append(result)
 
-            since = transfer.occurred_at - timedelta(days=30)
+            since = transfer.occurred_at - timedelta(days=90)
             started = time.perf_counter()
             await app.fetchval(
                 _BASELINE, tenant_id, transfer.subject_id, since, transfer.occurred_at
@@ -276,7 +276,7 @@ async def time_features(
             baseline_ms.append((time.perf_counter() - started) * 1000)
         after = (await uow.connection.execute(text(_PLANS))).one()
     window_rows = statistics.fmean(
-        party.values["out_count_30d"] + party.values["in_count_30d"]
+        party.values["out_count_90d"] + party.values["in_count_90d"]
         for pair in results
         for party in pair
     )
@@ -423,7 +423,7 @@ def report(timings: list[Timing]) -> list[tuple[str, float]]:
         f"p50 ratio {timings[-1].label} / {timings[0].label}:"
         f" features {growth:.2f}, baseline {baseline_growth:.2f}"
     )
-    print("rows: transfers in the 30-day windows of both accounts, per event")
+    print("rows: transfers in the 90-day windows of both accounts, per event")
     figures += [("features p50 ratio", growth), ("baseline p50 ratio", baseline_growth)]
     return figures
 

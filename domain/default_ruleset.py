@@ -30,6 +30,16 @@ RAPID_PASS_THROUGH (the sender)
     transit point rather than where the money is kept.
 REPEATED_PAIR (the sender)
     The same account pays the same beneficiary again and again within a week.
+SPLIT_PAYMENTS (the sender) and SPLIT_PAYMENTS_RECEIVED (the receiver)
+    One payment cut into pieces: the same account pays the same beneficiary more than
+    once within a day. Whoever splits does it to stay under a limit or out of sight, and
+    whoever collects the pieces is the other half of the scheme, so both are named.
+UNUSUAL_AMOUNT_OUT (the sender) and UNUSUAL_AMOUNT_IN (the receiver)
+    A transfer out of line with the account's own profile: far below, or far above, the
+    average of what it sent (or received) over 90 days. Accounts used for laundering
+    move amounts that have nothing to do with their holder's usual payments: small test
+    and split payments, or sums passed along a chain. The profile needs a few transfers
+    before it says anything.
 HIGH_RISK_COUNTRY (the sender) and HIGH_RISK_COUNTRY_INBOUND (the receiver)
     Money sent to, or received from, a jurisdiction on the FATF list of high-risk
     jurisdictions subject to a call for action. The list is the tenant's to keep
@@ -58,6 +68,39 @@ REPORTING_THRESHOLD_MINOR = 1_000_000
 NEAR_THRESHOLD_RATIO_PERCENT = 90
 # FATF, high-risk jurisdictions subject to a call for action: North Korea, Iran, Myanmar.
 HIGH_RISK_COUNTRIES = ("KP", "IR", "MM")
+
+
+def _unusual_amount(code: str, party: str, direction: str, verb: str) -> dict[str, Any]:
+    """An amount out of line with what ``party`` ``verb`` over 90 days, this one included:
+    at most ``below_average_percent`` or at least ``above_average_percent`` of the
+    average, compared as ``amount * count * 100`` against ``sum * percent``."""
+    count, total = f"{party}.{direction}_count_90d", f"{party}.{direction}_sum_minor_90d"
+    received = " received" if direction == "in" else ""
+    scaled = f"event.amount_minor * {count} * 100"
+    return {
+        "code": code,
+        "typology": "unusual_amount",
+        "concerns": party,
+        "condition": (
+            f"event.currency == params.currency && {count} >= params.min_history"
+            f" && ({scaled} <= {total} * params.below_average_percent"
+            f" || {scaled} >= {total} * params.above_average_percent)"
+        ),
+        "points": 50,
+        "params": {
+            "currency": CURRENCY,
+            "min_history": 2,
+            "below_average_percent": 20,
+            "above_average_percent": 500,
+        },
+        "reason": (
+            f"A transfer of {{event.amount_minor}} minor units{received} against {{{total}}}"
+            f" {verb} over {{{count}}} transfers in 90 days (this one included): below"
+            " {params.below_average_percent}% or from {params.above_average_percent}%"
+            " of the account's average."
+        ),
+    }
+
 
 DEFAULT_RULESET: dict[str, Any] = {
     "name": "default",
@@ -144,7 +187,7 @@ DEFAULT_RULESET: dict[str, Any] = {
             "concerns": "beneficiary",
             "condition": "beneficiary.in_distinct_7d >= params.min_senders_7d",
             "points": 50,
-            "params": {"min_senders_7d": 10},
+            "params": {"min_senders_7d": 15},
             "reason": (
                 "{beneficiary.in_distinct_7d} different accounts paid this account within"
                 " 7 days (threshold {params.min_senders_7d}): {beneficiary.in_count_7d}"
@@ -205,6 +248,34 @@ DEFAULT_RULESET: dict[str, Any] = {
                 " beneficiary within 7 days (threshold {params.min_transfers_7d})."
             ),
         },
+        {
+            "code": "SPLIT_PAYMENTS",
+            "typology": "split_payments",
+            "concerns": "originator",
+            "condition": "originator.pair_count_24h >= params.min_transfers_24h",
+            "points": 50,
+            "params": {"min_transfers_24h": 2},
+            "reason": (
+                "{originator.pair_count_24h} transfers from this account to the same"
+                " beneficiary within 24 hours (threshold {params.min_transfers_24h}):"
+                " one payment split into pieces."
+            ),
+        },
+        {
+            "code": "SPLIT_PAYMENTS_RECEIVED",
+            "typology": "split_payments",
+            "concerns": "beneficiary",
+            "condition": "originator.pair_count_24h >= params.min_transfers_24h",
+            "points": 50,
+            "params": {"min_transfers_24h": 2},
+            "reason": (
+                "This account received {originator.pair_count_24h} transfers from the same"
+                " sender within 24 hours (threshold {params.min_transfers_24h}): it collects"
+                " a payment split into pieces."
+            ),
+        },
+        _unusual_amount("UNUSUAL_AMOUNT_OUT", "originator", "out", "sent"),
+        _unusual_amount("UNUSUAL_AMOUNT_IN", "beneficiary", "in", "received"),
         {
             "code": "HIGH_RISK_COUNTRY",
             "typology": "high_risk_country",

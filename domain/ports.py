@@ -7,13 +7,17 @@ work is one transaction of one tenant: it rolls back unless :meth:`commit` was c
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from types import TracebackType
-from typing import Protocol, Self
+from typing import Any, Protocol, Self
 
 from domain.audit import AuditEntry
+from domain.case_notes import Comment, Evidence
+from domain.case_policy import CasePolicy
+from domain.case_workflow import Transition
+from domain.cases import Case
 from domain.events import EventDraft, SubjectFacts, SubjectRef
 from domain.messages import OutboxMessage
 from domain.scoring import ScoringStore
@@ -57,12 +61,75 @@ class Inbox(Protocol):
         ...
 
 
+@dataclass(frozen=True, slots=True)
+class StoredAnswer:
+    """The first answer given to a client mutation id."""
+
+    mutation: str
+    answer: Mapping[str, Any]
+
+
+class CaseStore(Protocol):
+    async def policy(self) -> CasePolicy:
+        """The tenant's case policy (the default one when it has set none)."""
+        ...
+
+    async def set_policy(self, document: Mapping[str, Any], actor: str) -> None: ...
+
+    async def get(self, case_id: uuid.UUID) -> Case | None: ...
+
+    async def next_open(self, queue: str | None) -> Case | None:
+        """The open case to claim next (highest priority, then earliest due), locked
+        until commit; cases other transactions hold are skipped."""
+        ...
+
+    async def save(self, case: Case, expected_version: int, now: datetime) -> bool:
+        """Write the case if it is still at ``expected_version``; False when it is not.
+        Raise the domain's errors for what the database's review guard refuses."""
+        ...
+
+    async def add_transition(self, transition: Transition) -> None: ...
+
+    async def comment(self, comment_id: uuid.UUID) -> Comment | None:
+        """The latest version of a comment."""
+        ...
+
+    async def add_comment(self, comment: Comment) -> None: ...
+
+    async def add_evidence(self, item: Evidence) -> None: ...
+
+    async def answer_for(self, actor: str, client_mutation_id: str) -> StoredAnswer | None:
+        """The answer stored for this id; a call with the same id still running is
+        waited for until its transaction ends."""
+        ...
+
+    async def remember(
+        self,
+        actor: str,
+        client_mutation_id: str,
+        mutation: str,
+        case_id: uuid.UUID,
+        answer: Mapping[str, Any],
+    ) -> bool:
+        """Store the answer to a client mutation id; False when one was stored first."""
+        ...
+
+    async def due_for_breach(self, now: datetime, max_rows: int) -> list[Case]:
+        """Cases past their SLA and not flagged, locked; those others hold are skipped."""
+        ...
+
+    async def flag_breach(self, case: Case) -> bool:
+        """Record ``case.sla_breached_at``; False when the case was flagged already."""
+        ...
+
+
 class UnitOfWork(Protocol):
     tenant_id: uuid.UUID
     events: EventStore
     subjects: SubjectStore
     inbox: Inbox
     scoring: ScoringStore
+    cases: CaseStore
 
     async def __aenter__(self) -> Self: ...
 

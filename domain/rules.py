@@ -30,7 +30,7 @@ _PLACEHOLDER = re.compile(r"\{([a-z_]+(?:\.[a-z_0-9]+)*)\}")
 _PATH = re.compile(r"\b(event|originator|beneficiary|params)\.([A-Za-z_][A-Za-z0-9_]*)")
 _STRINGS = re.compile(r"'(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\"")
 
-WINDOWS = ("1h", "24h", "7d", "30d")
+WINDOWS = ("1h", "24h", "7d", "30d", "90d")
 
 
 def _party_fields() -> frozenset[str]:

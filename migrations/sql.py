@@ -22,3 +22,10 @@ def statements(script: str) -> list[str]:
 def run(script: str) -> None:
     for statement in statements(script):
         op.execute(statement)
+
+
+def run_concurrently(statements: tuple[str, ...]) -> None:
+    """Run statements outside a transaction, as ``CREATE INDEX CONCURRENTLY`` must be."""
+    with op.get_context().autocommit_block():
+        for statement in statements:
+            op.execute(statement)

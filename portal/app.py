@@ -35,13 +35,13 @@ from portal.auth import RequireAuthentication
 from portal.errors import ErrorPolicy, Schema, internal_error
 from portal.health import live, ready
 from portal.metrics import metrics, start_ingest_counters
-from portal.requests import RequestContextMiddleware
+from portal.read.reader import CloseReads
+from portal.requests import GRAPHQL_PATH, RequestContextMiddleware
 from portal.resources import lifespan
 from portal.schema import DOOR, Mutation, Query, context_of
 
 log = logging.getLogger(__name__)
 
-GRAPHQL_PATH = "/graphql"
 MAX_QUERY_DEPTH = 10
 MAX_ALIASES = 20
 # A document is lexed only up to this many tokens, so a huge one costs little; our own
@@ -64,6 +64,15 @@ class InsecureSettings(Exception):
 def check_settings(settings: Settings) -> None:
     if not settings.production:
         return
+    for name in ("jwt_issuer", "jwt_audience"):
+        if name not in settings.model_fields_set or not getattr(settings, name).strip():
+            raise InsecureSettings(
+                f"set VIGIL_{name.upper()}: tokens must name who made them for whom"
+            )
+    if settings.jwt_algorithm == "RS256":
+        if not (settings.jwks_url or "").startswith("https://"):
+            raise InsecureSettings("set VIGIL_JWKS_URL to the identity provider's https:// key set")
+        return
     secret = settings.jwt_secret.get_secret_value()
     default = Settings.model_fields["jwt_secret"].get_default()
     if secret == default.get_secret_value():
@@ -75,6 +84,8 @@ def check_settings(settings: Settings) -> None:
 def build_schema(settings: Settings) -> Schema:
     extensions: list[Callable[[], SchemaExtension]] = [
         ErrorPolicy,
+        # After the error policy, so that a failure to close the reads is given a code.
+        CloseReads,
         partial(MaxTokensLimiter, max_token_count=MAX_TOKENS),
         partial(AddValidationRules, LIMIT_RULES),
         # Integrations send the same few documents again and again: validate each once.

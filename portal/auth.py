@@ -10,7 +10,7 @@ not shown to strangers). Resolvers check roles with :func:`authorize`.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 
 import jwt
@@ -62,6 +62,15 @@ def authorize(identity: Identity, role: Role) -> Principal:
     principal = authenticated(identity)
     if not principal.has(role):
         raise Forbidden(f"this operation needs the {role.value} role")
+    return principal
+
+
+def authorize_any(identity: Identity, roles: Collection[Role]) -> Principal:
+    """The caller, if it holds one of ``roles``; else :class:`Forbidden`."""
+    principal = authenticated(identity)
+    if not any(principal.has(role) for role in roles):
+        names = ", ".join(sorted(role.value for role in roles))
+        raise Forbidden(f"this operation needs one of the roles {names}")
     return principal
 
 

@@ -75,14 +75,36 @@ def _unique_keys(pairs: list[tuple[str, object]]) -> dict[str, object]:
 
 async def refuse(send: Send, reason: str) -> None:
     """Answer 400 in the shape of Litestar's own client errors."""
-    content = json.dumps({"status_code": 400, "detail": reason}).encode()
+    await _answer(send, 400, {"status_code": 400, "detail": reason})
+
+
+async def too_many_requests(send: Send, retry_after_seconds: int) -> None:
+    """Answer 429 with a GraphQL-shaped error, so clients read it as any other error."""
+    message = f"too many requests for this tenant: retry after {retry_after_seconds} s"
+    body = {
+        "data": None,
+        "errors": [
+            {
+                "message": message,
+                "extensions": {"code": "RATE_LIMITED", "retryAfter": retry_after_seconds},
+            }
+        ],
+    }
+    await _answer(send, 429, body, [(b"retry-after", str(retry_after_seconds).encode())])
+
+
+async def _answer(
+    send: Send, status: int, body: object, headers: list[tuple[bytes, bytes]] | None = None
+) -> None:
+    content = json.dumps(body).encode()
     await send(
         {
             "type": "http.response.start",
-            "status": 400,
+            "status": status,
             "headers": [
                 (b"content-type", b"application/json"),
                 (b"content-length", str(len(content)).encode()),
+                *(headers or []),
             ],
         }
     )

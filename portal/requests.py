@@ -4,9 +4,11 @@ take (:mod:`portal.bodies`), and one log line when it is answered."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import time
+import uuid
 from typing import Any
 
 from litestar.connection import ASGIConnection
@@ -14,16 +16,19 @@ from litestar.datastructures import Headers, MutableScopeHeaders
 from litestar.enums import ScopeType
 from litestar.middleware import ASGIMiddleware
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
+from redis.exceptions import RedisError
 
 from adapters.logging import bind_context
+from adapters.rate_limit import TenantRateLimit
 from adapters.settings import Settings
 from domain.ids import new_id
-from portal.auth import authenticate
-from portal.bodies import checked_body, refuse
+from portal.auth import Identity, authenticate
+from portal.bodies import checked_body, refuse, too_many_requests
 
 log = logging.getLogger(__name__)
 
 CORRELATION_HEADER = "X-Correlation-ID"
+GRAPHQL_PATH = "/graphql"
 _CORRELATION_ID = re.compile(r"[A-Za-z0-9._:-]{1,100}")
 
 # Probes and scrapes arrive every few seconds; their lines would drown the rest.
@@ -66,12 +71,16 @@ class RequestContextMiddleware(ASGIMiddleware):
             await send(message)
 
         with bind_context(correlation_id=correlation_id):
-            identity = authenticate(self._settings, headers.get("Authorization"))
+            identity = await self._authenticate(headers.get("Authorization"))
             scope["auth"] = identity
             scope["state"][_STATE_KEY] = correlation_id
             tenant_id = identity.principal.tenant_id if identity.principal else None
             with bind_context(tenant_id=tenant_id):
                 try:
+                    if tenant_id is not None and await self._limited(
+                        scope, tenant_id, send_with_correlation
+                    ):
+                        return
                     await self._pass_on(scope, headers, receive, send_with_correlation, next_app)
                 finally:
                     path = scope["path"]
@@ -85,6 +94,32 @@ class RequestContextMiddleware(ASGIMiddleware):
                             "duration_ms": round((time.perf_counter() - started) * 1000, 1),
                         },
                     )
+
+    async def _limited(self, scope: Scope, tenant_id: uuid.UUID, send: Send) -> bool:
+        """Answer 429 and return True when the tenant is over its request rate."""
+        if scope["path"] != GRAPHQL_PATH:
+            return False
+        resources = scope["litestar_app"].state.get("resources")
+        limit = getattr(resources, "rate_limit", None)
+        if not isinstance(limit, TenantRateLimit):
+            return False
+        try:
+            verdict = await limit.check(tenant_id)
+        except (RedisError, OSError):
+            # Fail open: losing Redis must not take the API down with it.
+            log.warning("rate limit not checked: Redis is unavailable")
+            return False
+        if verdict.allowed:
+            return False
+        log.info("rate limit reached", extra={"retry_after": verdict.retry_after_seconds})
+        await too_many_requests(send, verdict.retry_after_seconds)
+        return True
+
+    async def _authenticate(self, authorization: str | None) -> Identity:
+        if self._settings.jwt_algorithm == "RS256" and authorization:
+            # Reading the identity provider's keys may block on the network.
+            return await asyncio.to_thread(authenticate, self._settings, authorization)
+        return authenticate(self._settings, authorization)
 
     async def _pass_on(
         self, scope: Scope, headers: Headers, receive: Receive, send: Send, next_app: ASGIApp

@@ -1,5 +1,6 @@
 """What the portal holds open for its whole life: the database engine (as the
-application role), its unit-of-work factory, and a Redis client for the readiness check.
+application role), its unit-of-work factory, and a Redis client for the readiness check
+and the tenants' rate limit.
 Opened on startup, closed on shutdown, reached by handlers through the app state."""
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from adapters.database import make_engine
+from adapters.rate_limit import TenantRateLimit
 from adapters.settings import Settings
 from adapters.unit_of_work import unit_of_work_factory
 from domain.ports import UnitOfWorkFactory
@@ -27,6 +29,8 @@ class Resources:
     engine: AsyncEngine
     uow_factory: UnitOfWorkFactory
     redis: Redis
+    # None when the limit is turned off.
+    rate_limit: TenantRateLimit | None = None
 
 
 def resources_of(state: State) -> Resources:
@@ -43,13 +47,26 @@ def lifespan(settings: Settings) -> Callable[[Litestar], AbstractAsyncContextMan
             settings.database_url,
             pool_size=settings.database_pool_size,
             application_name="vigil-portal",
+            pool_timeout_seconds=settings.database_pool_timeout_seconds,
         )
         redis = Redis.from_url(
             settings.redis_url,
             socket_connect_timeout=PROBE_TIMEOUT_SECONDS,
             socket_timeout=PROBE_TIMEOUT_SECONDS,
         )
-        app.state.resources = Resources(settings, engine, unit_of_work_factory(engine), redis)
+        rate_limit = (
+            TenantRateLimit(
+                redis,
+                settings.amqp_prefix,
+                requests=settings.rate_limit_requests,
+                window_seconds=settings.rate_limit_window_seconds,
+            )
+            if settings.rate_limit_requests
+            else None
+        )
+        app.state.resources = Resources(
+            settings, engine, unit_of_work_factory(engine), redis, rate_limit
+        )
         try:
             yield
         finally:

@@ -1,4 +1,6 @@
-"""The GraphQL schema: who am I, and the ingestion of compliance events.
+"""The GraphQL schema: who am I, the ingestion of compliance events, the read side
+(:mod:`portal.read`): cases, subjects, events, assessments and audit trails, and the review
+of cases (:mod:`portal.case_mutations`).
 
 An event's ``data`` is a JSON scalar on purpose: GraphQL checks only the envelope, and the
 domain validates each event on its own (:func:`domain.events.parse_event`), so that one
@@ -13,6 +15,7 @@ from typing import Annotated, Any
 
 import strawberry
 from litestar.connection import ASGIConnection
+from litestar.enums import ScopeType
 from strawberry.litestar import BaseContext
 from strawberry.scalars import JSON
 
@@ -20,7 +23,10 @@ from adapters.auth import Role
 from adapters.metrics import EVENTS_INGESTED
 from domain.ports import UnitOfWorkFactory
 from portal.auth import Identity, authenticated, authorize
+from portal.case_mutations import CaseMutation
 from portal.errors import BadRequest
+from portal.read.queries import ReadQuery
+from portal.read.reader import Reader
 from portal.requests import correlation_id_of
 from portal.resources import resources_of
 from services.ingest import BatchTooLarge, Caller, IngestResult, Outcome, ingest_events
@@ -32,6 +38,8 @@ class Context(BaseContext, kw_only=True):
     identity: Identity
     correlation_id: str
     uow_factory: UnitOfWorkFactory
+    # The request's reads (session and DataLoaders), for an authenticated caller.
+    reader: Reader | None = None
 
 
 Info = strawberry.Info[Context, None]
@@ -40,10 +48,21 @@ Info = strawberry.Info[Context, None]
 async def context_of(request: ASGIConnection[Any, Any, Any, Any]) -> Context:
     """Strawberry's context for one request (a Litestar dependency)."""
     identity = request.scope.get("auth")
+    if not isinstance(identity, Identity):
+        identity = Identity(None)
+    resources = resources_of(request.app.state)
+    correlation_id = correlation_id_of(request)
+    principal = identity.principal
+    # A reader lives for one HTTP request: its session holds a transaction and its
+    # loaders a cache, neither of which may last as long as a WebSocket.
+    per_request = request.scope["type"] == ScopeType.HTTP
     return Context(
-        identity=identity if isinstance(identity, Identity) else Identity(None),
-        correlation_id=correlation_id_of(request),
-        uow_factory=resources_of(request.app.state).uow_factory,
+        identity=identity,
+        correlation_id=correlation_id,
+        uow_factory=resources.uow_factory,
+        reader=Reader(resources.engine, principal, correlation_id)
+        if principal is not None and per_request
+        else None,
     )
 
 
@@ -149,14 +168,14 @@ async def resolve_ingest_events(info: Info, input: IngestEventsInput) -> IngestE
 
 
 @strawberry.type
-class Query:
+class Query(ReadQuery):
     viewer: Viewer = strawberry.field(
         resolver=resolve_viewer, description="The caller of this request."
     )
 
 
 @strawberry.type
-class Mutation:
+class Mutation(CaseMutation):
     ingest_events: IngestEventsPayload = strawberry.mutation(
         resolver=resolve_ingest_events,
         description="Store compliance events; each is answered on its own.",

@@ -233,7 +233,7 @@ async def _raise_alerts(
         typologies = tuple(
             sorted({o.typology for o in evaluation.outcomes if o.fired and o.concerns is party})
         )
-        case, opened = await _case_for(uow, subject_id, evaluation, record.scored_at)
+        case, opened = await _case_for(uow, subject_id, evaluation, typologies, record.scored_at)
         alert = AlertRecord(
             new_id(),
             record.assessment_id,
@@ -252,15 +252,26 @@ async def _raise_alerts(
 
 
 async def _case_for(
-    uow: UnitOfWork, subject_id: uuid.UUID, evaluation: Evaluation, now: datetime
+    uow: UnitOfWork,
+    subject_id: uuid.UUID,
+    evaluation: Evaluation,
+    typologies: tuple[str, ...],
+    now: datetime,
 ) -> tuple[Case, bool]:
+    """The subject's case that is not closed, joined by the alert, or a new one with the
+    SLA and the queue of the tenant's case policy."""
     store = uow.scoring
+    policy = await uow.cases.policy()
+    band, score = evaluation.band, evaluation.score
     existing = await store.open_case(subject_id)
     if existing is not None:
-        case = join_alert(existing, evaluation.band, evaluation.score, now)
+        case = join_alert(existing, band, score, now, policy.sla, typologies=typologies)
         await store.save_case(case)
         return case, False
-    case = open_case(new_id(), subject_id, evaluation.band, evaluation.score, now)
+    queue = policy.queue_for(band, typologies)
+    case = open_case(
+        new_id(), subject_id, band, score, now, policy.sla, queue=queue, typologies=typologies
+    )
     if not await store.add_case(case):
         # Another worker opened the subject's case since we looked: start again, and
         # the alert will join that case.
@@ -281,6 +292,8 @@ def _record_case_change(
         "slaDueAt": case.sla_due_at.isoformat(),
         "alertCount": case.alert_count,
         "version": case.version,
+        "queue": case.queue,
+        "assignee": case.assignee,
         "alertId": str(alert.alert_id),
         "typologies": list(alert.typologies),
     }

@@ -1,10 +1,11 @@
 """The top case of a replay, as a regulator sees it: the account, the case's band and
 priority, and the explanation of its strongest alert, rule by rule.
 
-It is asked of the portal over GraphQL with a read-only regulator token. The portal's
-read side (a ``case`` query) is newer than the demo: while the schema has no such field,
-the same document is read from the database instead and the report says so. Switching
-over is one place: :data:`CASE_QUERY` and :func:`_from_graphql`.
+It is asked of the portal over GraphQL with a read-only regulator token (the ``cases``
+query, highest priority first). Should the portal refuse (a role it does not grant, a
+schema that changed), the same document is read from the database instead and the
+report says so and why. The query and its mapping are in one place:
+:data:`CASE_QUERY` and :func:`_from_graphql`.
 """
 
 from __future__ import annotations
@@ -17,37 +18,55 @@ import httpx
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-# --- The switch-over point to the portal's read side -----------------------------------
-READ_FIELD = "case"
+# --- The read side's query, and how its answer becomes the case document ---------------
 CASE_QUERY = """
-query TopCase($id: ID!) {
-  case(id: $id) {
-    caseId band priority status alertCount
-    subject { externalRef }
-    typologies
-    topAlert { score band typologies
-      assessment { score band explanation }
-      event { occurredAt amount currency counterparty }
-    }
+query TopCase {
+  cases(first: 1, sort: PRIORITY) {
+    edges { node {
+      id band priority status alertCount typologies
+      subject { externalRef }
+      alerts {
+        score
+        assessment { score explanation { band rules {
+          code typology concerns fired points observed thresholds reason error
+        } } }
+        event {
+          occurredAt amount currency
+          subject { externalRef } counterparty { externalRef }
+        }
+      }
+    } }
   }
 }
 """
 
 
-def _from_graphql(data: dict[str, Any]) -> dict[str, Any]:
-    case = data["case"]
-    alert = case["topAlert"]
+def _from_graphql(data: dict[str, Any]) -> dict[str, Any] | None:
+    edges = data["cases"]["edges"]
+    if not edges:
+        return None
+    case = edges[0]["node"]
+    account = (case.get("subject") or {}).get("externalRef")
+    alert = max(case["alerts"], key=lambda a: a["score"])
+    event = alert["event"]
+    parties = [(event.get(side) or {}).get("externalRef") for side in ("subject", "counterparty")]
+    others = [party for party in parties if party != account]
     return {
-        "caseId": case["caseId"],
-        "account": case["subject"]["externalRef"],
-        "band": case["band"],
+        "caseId": case["id"],
+        "account": account,
+        "band": case["band"].lower(),
         "priority": case["priority"],
-        "status": case["status"],
+        "status": case["status"].lower(),
         "alertCount": case["alertCount"],
         "typologies": case["typologies"],
         "score": alert["assessment"]["score"],
         "explanation": alert["assessment"]["explanation"],
-        "event": alert["event"],
+        "event": {
+            "occurredAt": event["occurredAt"],
+            "amount": event["amount"],
+            "currency": event["currency"],
+            "counterparty": others[0] if others else None,
+        },
     }
 
 
@@ -75,13 +94,17 @@ async def fetch_case(
     client: httpx.AsyncClient, connection: AsyncConnection, tenant_id: uuid.UUID, case_id: uuid.UUID
 ) -> tuple[dict[str, Any], str]:
     """The case document and where it came from ("GraphQL" or why the database)."""
-    # Asked first, so that the portal's answer is used as soon as it has the field.
-    body = await _graphql(client, CASE_QUERY, {"id": str(case_id)})
+    # Asked of the portal first; the database answers only when the portal could not.
+    body = await _graphql(client, CASE_QUERY, {})
     errors = body.get("errors") or []
     if not errors:
-        return _from_graphql(body["data"]), "GraphQL"
-    if not all(f"Cannot query field '{READ_FIELD}'" in e.get("message", "") for e in errors):
-        raise RuntimeError(f"the portal answered with errors: {errors}")
+        document = _from_graphql(body["data"])
+        if document is not None:
+            return document, "GraphQL, with a regulator token"
+        why = "the portal listed no case"
+    else:
+        codes = sorted({str(e.get("extensions", {}).get("code")) for e in errors})
+        why = f"the portal answered {', '.join(codes)}"
     row = (await connection.execute(FROM_DATABASE, {"t": tenant_id, "c": case_id})).one()
     document = {
         "caseId": str(row.case_id),
@@ -100,7 +123,7 @@ async def fetch_case(
             "counterparty": row.counterparty,
         },
     }
-    return document, "the database: the portal has no case query yet"
+    return document, f"the database, as {why}"
 
 
 async def _graphql(

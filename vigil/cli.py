@@ -33,6 +33,33 @@ def _migrate(args: argparse.Namespace) -> int:
     return 0
 
 
+SCHEMA_FILE = Path(__file__).resolve().parent.parent / "schema.graphql"
+
+
+def _schema(args: argparse.Namespace) -> int:
+    from portal.schema_file import breaking_changes, current_sdl, dangerous_changes
+
+    path = Path(args.file)
+    current = current_sdl()
+    if args.action == "export":
+        path.write_text(current, encoding="utf-8")
+        print(f"wrote {path}")
+        return 0
+    committed = path.read_text(encoding="utf-8")
+    for danger in dangerous_changes(committed, current):
+        print(f"dangerous: {danger.type.name}: {danger.description}")
+    breaking = breaking_changes(committed, current)
+    for change in breaking:
+        print(f"breaking: {change.type.name}: {change.description}", file=sys.stderr)
+    if breaking:
+        return 1
+    if committed != current:
+        print(f"{path} is out of date: run 'vigil schema export'", file=sys.stderr)
+        return 1
+    print(f"{path} matches the code")
+    return 0
+
+
 def _token(args: argparse.Namespace) -> int:
     from adapters.auth import Role, mint_token
 
@@ -155,6 +182,32 @@ def _ruleset(args: argparse.Namespace) -> int:
     return 0
 
 
+def _case_policy(args: argparse.Namespace) -> int:
+    from adapters.unit_of_work import unit_of_work_factory
+    from domain.errors import InvalidCaseInput
+    from services.cases import set_case_policy
+
+    tenant_id = _tenant_id(args.tenant)
+    try:
+        document = json.loads(args.file.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise SystemExit(f"cannot read {args.file}: {error}") from None
+    if not isinstance(document, dict):
+        raise SystemExit(f"{args.file} does not hold a JSON object")
+
+    async def run() -> None:
+        async with _scoring_resources() as (engine, _):
+            await set_case_policy(unit_of_work_factory(engine), tenant_id, document, args.actor)
+
+    try:
+        asyncio.run(run())
+    except InvalidCaseInput as error:
+        print(f"the case policy is not valid: {error.field}: {error.message}", file=sys.stderr)
+        return 2
+    print("case policy set")
+    return 0
+
+
 def _reconcile(args: argparse.Namespace) -> int:
     from workers.reconciler import Reconciler
 
@@ -168,6 +221,20 @@ def _reconcile(args: argparse.Namespace) -> int:
             return await Reconciler.from_settings(settings, engine, redis).run_once(tenant_id)
 
     print(f"{asyncio.run(run())} events enqueued again")
+    return 0
+
+
+def _sla(args: argparse.Namespace) -> int:
+    from workers.sla_sweeper import SlaSweeper
+
+    settings = get_settings()
+    tenant_id = _tenant_id(args.tenant) if args.tenant else None
+
+    async def run() -> int:
+        async with _scoring_resources() as (engine, _):
+            return await SlaSweeper.from_settings(settings, engine).run_once(tenant_id)
+
+    print(f"{asyncio.run(run())} cases flagged as past their SLA")
     return 0
 
 
@@ -267,6 +334,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     reconcile.set_defaults(handler=_reconcile)
 
+    sla = commands.add_parser(
+        "sla", help="flag the cases past their SLA and emit case.sla_breached (one pass)"
+    )
+    sla.add_argument("--tenant", help="tenant id or slug (default: every tenant)")
+    sla.set_defaults(handler=_sla)
+
     failures = commands.add_parser("failures", help="list a tenant's events that failed scoring")
     failures.add_argument("tenant", help="tenant id or slug")
     failures.add_argument("--limit", type=int, default=1000)
@@ -289,6 +362,14 @@ def build_parser() -> argparse.ArgumentParser:
     ruleset.add_argument("--actor", default="operator", help="who installs, for the audit trail")
     ruleset.set_defaults(handler=_ruleset)
 
+    case_policy = commands.add_parser(
+        "case-policy", help="set a tenant's case policy (SLA hours, queues, closing alone)"
+    )
+    case_policy.add_argument("tenant", help="tenant id or slug")
+    case_policy.add_argument("file", type=Path, help="the policy document in JSON")
+    case_policy.add_argument("--actor", default="operator", help="who sets it, for the audit trail")
+    case_policy.set_defaults(handler=_case_policy)
+
     migrate = commands.add_parser("migrate", help="bring the database schema up to date")
     migrate.add_argument("--downgrade", metavar="REVISION", help="go down to REVISION (base)")
     migrate.set_defaults(handler=_migrate)
@@ -297,6 +378,13 @@ def build_parser() -> argparse.ArgumentParser:
     tenant.add_argument("slug")
     tenant.add_argument("--name")
     tenant.set_defaults(handler=_tenant)
+
+    schema = commands.add_parser(
+        "schema", help="write the GraphQL schema to a file, or check the file against the code"
+    )
+    schema.add_argument("action", choices=("export", "check"))
+    schema.add_argument("--file", default=str(SCHEMA_FILE), help="default: schema.graphql")
+    schema.set_defaults(handler=_schema)
 
     token = commands.add_parser("token", help="mint a bearer token for local use")
     token.add_argument("--tenant", required=True, help="tenant id or slug")

@@ -200,7 +200,7 @@ async def _replay(
                 duplicates=again.duplicate,
                 wall_seconds=wall,
             )
-            labelled = amlsim.launderers(data)
+            labelled = amlsim.laundering_accounts(data)
             universe = {account for event in events for account in amlsim.parties(event)}
             report.quality = measure(report.flagged, labelled, universe)
             report.floor = measure(

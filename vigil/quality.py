@@ -1,13 +1,26 @@
-"""Detection quality per account: precision, recall and F1 against labels.
+"""How well detection finds the accounts known to launder: account-level precision,
+recall and F1.
 
-A bank's labels name accounts, not transfers, so quality is counted per account: an
-account is flagged when at least one alert concerns it, and it is a true positive when
-its label says it launders. The universe is the accounts that took part in the transfers
-replayed, so that a partial replay is judged on what it could have seen.
+The unit is the account, because that is what an investigator works on and what a
+labelled data set such as AMLSim marks: an account is **flagged** when it has at least
+one alert (and so a case), and **labelled** when the data says it took part in
+laundering. Then
 
-The naive floor is the rule the sample bank's README quotes: flag an account that has
-nine or more distinct counterparties in one direction (nine payees, or nine payers).
-Any detection worth its name must clear it by far.
+- precision = labelled flagged accounts / flagged accounts (how many cases were worth
+  opening);
+- recall = labelled flagged accounts / labelled accounts (how much of the laundering was
+  found);
+- F1 = their harmonic mean, 2PR / (P + R).
+
+How many alerts an account has does not matter, nor which of its transfers raised them.
+A flagged account outside the labelled population's universe still counts against
+precision. With nothing flagged, precision is taken as 0 (nothing useful was found),
+and F1 is 0 when both figures are.
+
+A replay of part of a bank is judged within a universe (:func:`measure`): the accounts
+that took part in the transfers replayed. The naive floor is the rule the sample bank's
+README quotes (:func:`naive_flags`): flag an account with nine or more distinct
+counterparties in one direction (nine payees, or nine payers).
 """
 
 from __future__ import annotations
@@ -20,16 +33,18 @@ NAIVE_MIN_COUNTERPARTIES = 9
 
 
 @dataclass(frozen=True, slots=True)
-class Quality:
-    """Counts of a flagged set against the positives, and the ratios they give."""
-
+class AccountQuality:
+    flagged: int
+    labelled: int
     true_positives: int
-    false_positives: int
-    false_negatives: int
 
     @property
-    def flagged(self) -> int:
-        return self.true_positives + self.false_positives
+    def false_positives(self) -> int:
+        return self.flagged - self.true_positives
+
+    @property
+    def false_negatives(self) -> int:
+        return self.labelled - self.true_positives
 
     @property
     def precision(self) -> float:
@@ -37,32 +52,31 @@ class Quality:
 
     @property
     def recall(self) -> float:
-        positives = self.true_positives + self.false_negatives
-        return self.true_positives / positives if positives else 0.0
+        return self.true_positives / self.labelled if self.labelled else 0.0
 
     @property
     def f1(self) -> float:
-        p, r = self.precision, self.recall
-        return 2 * p * r / (p + r) if p + r else 0.0
+        total = self.precision + self.recall
+        return 2 * self.precision * self.recall / total if total else 0.0
 
-    def describe(self) -> str:
+    def summary(self) -> str:
         return (
-            f"precision {self.precision:.2f}, recall {self.recall:.2f}, F1 {self.f1:.2f}"
-            f" ({self.flagged} flagged, {self.true_positives} of"
-            f" {self.true_positives + self.false_negatives} launderers)"
+            f"flagged {self.flagged}, labelled {self.labelled}, true positives"
+            f" {self.true_positives}: precision {self.precision:.3f}, recall"
+            f" {self.recall:.3f}, F1 {self.f1:.3f}"
         )
 
 
-def measure(flagged: Set[str], positives: Set[str], universe: Set[str]) -> Quality:
-    """Quality of ``flagged`` against ``positives``, both taken within ``universe``."""
-    flagged = flagged & universe
-    positives = positives & universe
-    true_positives = len(flagged & positives)
-    return Quality(
-        true_positives=true_positives,
-        false_positives=len(flagged) - true_positives,
-        false_negatives=len(positives) - true_positives,
-    )
+def account_quality(flagged: Iterable[str], labelled: Iterable[str]) -> AccountQuality:
+    """Compare the accounts detection flagged with the accounts known to launder; each
+    account counts once, however often it is named."""
+    flagged_set, labelled_set = set(flagged), set(labelled)
+    return AccountQuality(len(flagged_set), len(labelled_set), len(flagged_set & labelled_set))
+
+
+def measure(flagged: Set[str], labelled: Set[str], universe: Set[str]) -> AccountQuality:
+    """:func:`account_quality` of both sets taken within ``universe``."""
+    return account_quality(flagged & universe, labelled & universe)
 
 
 def naive_flags(

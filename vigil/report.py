@@ -17,7 +17,7 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from vigil.quality import Quality
+from vigil.quality import AccountQuality
 
 COUNTS = text(
     "SELECT (SELECT count(*) FROM events WHERE tenant_id = :t) AS events,"
@@ -101,8 +101,8 @@ class Report:
     by_typology: dict[str, dict[str, int]] = field(default_factory=dict)
     flagged: set[str] = field(default_factory=set)
     top_case_id: uuid.UUID | None = None
-    quality: Quality | None = None
-    floor: Quality | None = None
+    quality: AccountQuality | None = None
+    floor: AccountQuality | None = None
     readme_floor: str = ""
     memory: dict[str, Memory] = field(default_factory=dict)
     top_case: list[str] = field(default_factory=list)
@@ -147,9 +147,9 @@ class Report:
         for kind in ("alerts", "cases"):
             out.append(f"{kind} by typology: {_counts(self.by_typology.get(kind, {}))}")
         if self.quality is not None and self.floor is not None:
-            out.append(f"detection per account: {self.quality.describe()}")
+            out.append(f"detection per account: {self.quality.summary()}")
             out.append(
-                f"naive floor (9+ distinct payees or payers): {self.floor.describe()};"
+                f"naive floor (9+ distinct payees or payers): {self.floor.summary()};"
                 f" the data's README gives {self.readme_floor}"
             )
         if self.memory:

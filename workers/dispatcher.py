@@ -23,7 +23,8 @@ refused while the first job waits and is a no-op once it has run.
                                finds its event unassessed
 
 The process also runs the reconciler (see :mod:`workers.reconciler`) every
-``reconcile_interval_seconds``. On SIGTERM or SIGINT it stops taking messages, finishes
+``reconcile_interval_seconds``, and the SLA sweep (see :mod:`workers.sla_sweeper`) every
+``sla_sweep_interval_seconds``. On SIGTERM or SIGINT it stops taking messages, finishes
 those in hand and exits 0.
 """
 
@@ -59,6 +60,7 @@ from workers.broker_wait import connect_when_up
 from workers.consumer import STOP_GRACE_SECONDS, Backoff, QueueConsumer
 from workers.envelope import valid_correlation_id
 from workers.reconciler import Reconciler
+from workers.sla_sweeper import SlaSweeper
 
 log = logging.getLogger(__name__)
 
@@ -233,6 +235,9 @@ async def run(settings: Settings) -> None:
     # Reconciling needs only the database and Redis: it goes on while the broker is away.
     reconciler = Reconciler.from_settings(settings, engine, redis)
     reconciling = asyncio.create_task(reconciler.run(stop), name="reconcile")
+    sweeping = asyncio.create_task(
+        SlaSweeper.from_settings(settings, engine).run(stop), name="sla-sweep"
+    )
     try:
         connection = await connect_when_up(settings, stop, name=CONNECTION_NAME)
         if connection is None:
@@ -242,9 +247,10 @@ async def run(settings: Settings) -> None:
         finally:
             await connection.close()
     finally:
-        reconciling.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await reconciling
+        for task in (reconciling, sweeping):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         await redis.aclose(close_connection_pool=True)
         await engine.dispose()
     log.info("dispatcher stopped")

@@ -15,7 +15,6 @@ enqueues them. Both use job ids of their own (see :mod:`adapters.score_queue`).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 import uuid
@@ -45,6 +44,7 @@ from adapters.settings import Settings
 from adapters.unit_of_work import SqlUnitOfWork
 from domain.audit import AuditEntry
 from domain.ids import new_id
+from workers.periodic import every
 
 log = logging.getLogger(__name__)
 
@@ -133,15 +133,8 @@ class Reconciler:
         return enqueued
 
     async def run(self, stop: asyncio.Event) -> None:
-        """A pass every interval until ``stop`` is set; nothing when the interval is 0.
-        A failed pass is logged and the next one tries again."""
-        if self._interval_seconds <= 0:
-            return
-        while not await _stopped(stop, self._interval_seconds):
-            try:
-                await self.run_once()
-            except Exception as error:
-                log.warning("reconciling failed; will try again", extra={"error": repr(error)})
+        """A pass every interval until ``stop`` is set (none when the interval is 0)."""
+        await every(self._interval_seconds, stop, self.run_once, name="reconcile")
 
     async def _overdue(self, tenant_id: uuid.UUID | None) -> list[Unassessed]:
         deadline, lookback, limit = self._deadline, self._lookback, self._batch_size
@@ -154,12 +147,6 @@ class Reconciler:
                 uow.connection, tenant_id, deadline=deadline, lookback=lookback, max_rows=limit
             )
         return [Unassessed(tenant_id, event_id) for event_id in events]
-
-
-async def _stopped(stop: asyncio.Event, seconds: float) -> bool:
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(stop.wait(), seconds)
-    return stop.is_set()
 
 
 # -- failed events, for operators ----------------------------------------------------------

@@ -15,7 +15,7 @@ Revises: 0002
 Create Date: 2026-12-04
 """
 
-from alembic import op
+from migrations.sql import run_concurrently
 
 revision = "0003"
 down_revision = "0002"
@@ -43,16 +43,9 @@ DOWNGRADE = (
 )
 
 
-def _run(statements: tuple[str, ...]) -> None:
-    # CONCURRENTLY cannot run inside a transaction block.
-    with op.get_context().autocommit_block():
-        for statement in statements:
-            op.execute(statement)
-
-
 def upgrade() -> None:
-    _run(UPGRADE)
+    run_concurrently(UPGRADE)
 
 
 def downgrade() -> None:
-    _run(DOWNGRADE)
+    run_concurrently(DOWNGRADE)

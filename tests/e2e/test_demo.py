@@ -138,7 +138,7 @@ async def test_the_demo_assesses_each_transfer_once_and_reports_what_the_databas
     assert sum(report["by_band"]["alerts"].values()) == alerts
     assert report["by_band"]["assessments"] == bands
     assert set(report["flagged"]) == flagged
-    labelled = amlsim.launderers(DATA)
+    labelled = amlsim.laundering_accounts(DATA)
     universe = {account for t in transfers for account in amlsim.parties(t)}
     expected = measure(flagged, labelled, universe)
     assert report["quality"]["true_positives"] == expected.true_positives

@@ -116,6 +116,8 @@ async def test_the_portal_refuses_to_start_in_production_with_the_default_secret
     production = {
         "VIGIL_ENVIRONMENT": "production",
         "VIGIL_JWT_SECRET": default_secret,
+        "VIGIL_JWT_ISSUER": "https://idp.bank.example",
+        "VIGIL_JWT_AUDIENCE": "vigil-api",
         "VIGIL_PORTAL_PORT": "1",
     }
 

@@ -10,6 +10,7 @@ from typing import Any
 import aio_pika
 import pytest
 from aio_pika.abc import AbstractRobustConnection
+from arq.connections import ArqRedis
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -21,6 +22,7 @@ from adapters.unit_of_work import unit_of_work_factory
 from outbox.publisher import Publisher
 from outbox.relay import Relay
 from tests.integration.relay_support import MakeRelay
+from tests.integration.scoring_support import score_queue, scoring_settings
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -87,6 +89,19 @@ async def quiet_outbox(owner_engine: AsyncEngine) -> None:
         await connection.execute(
             text("UPDATE outbox SET published_at = now() WHERE published_at IS NULL")
         )
+
+
+@pytest.fixture
+def scoring(settings: Settings) -> Settings:
+    """The test settings with a score queue of the test's own."""
+    return scoring_settings(settings)
+
+
+@pytest.fixture
+async def queue(scoring: Settings) -> AsyncIterator[ArqRedis]:
+    """A client of that score queue; the queue is deleted afterwards."""
+    async with score_queue(scoring) as redis:
+        yield redis
 
 
 @pytest.fixture(scope="session")

@@ -12,6 +12,7 @@ from datetime import timedelta
 from typing import Any
 
 import httpx
+from litestar import Litestar
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -57,6 +58,7 @@ def token(
 @dataclass
 class Portal:
     client: httpx.AsyncClient
+    app: Litestar | None = None
 
     async def post(
         self, body: object, *, token: str | None = None, headers: dict[str, str] | None = None
@@ -118,7 +120,7 @@ async def open_portal(settings: Settings) -> AsyncIterator[Portal]:
         # Litestar types the ASGI callables more narrowly than httpx does.
         transport = httpx.ASGITransport(app=app)  # type: ignore[arg-type]
         async with httpx.AsyncClient(transport=transport, base_url="http://portal.test") as client:
-            yield Portal(client)
+            yield Portal(client, app)
     finally:
         stop.set()
         await lifespan

@@ -39,25 +39,12 @@ from tests.integration.scoring_support import (
     ingest,
     queued_job_ids,
     received_envelopes,
-    score_queue,
-    scoring_settings,
     working,
 )
 from workers.consumer import Backoff
 from workers.dispatcher import CONSUMER, Dispatcher, read_received
 
 FAST = Backoff(first_seconds=0.05, max_seconds=0.2)
-
-
-@pytest.fixture
-def scoring(settings: Settings) -> Settings:
-    return scoring_settings(settings)
-
-
-@pytest.fixture
-async def queue(scoring: Settings) -> AsyncIterator[ArqRedis]:
-    async with score_queue(scoring) as redis:
-        yield redis
 
 
 @pytest.fixture

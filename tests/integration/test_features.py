@@ -91,7 +91,7 @@ async def features_of(
 
 
 def by_window(features: Features, name: str) -> list[int]:
-    """One feature across the windows, shortest first: ``out_count`` → [1h, 24h, 7d, 30d]."""
+    """One feature across the windows, shortest first: ``out_count`` → [1h, 24h, 7d, 30d, 90d]."""
     return [features.values[f"{name}_{window}"] for window in WINDOWS]
 
 
@@ -108,6 +108,8 @@ EDGES = [
     transfer("e09", "C", "A", T - 2 * HOUR, "50.00"),  # into A
     transfer("e10", "A", "C", T - 3 * HOUR, "8999.99"),  # just below "near"
     transfer("e11", "A", "E", T - 2 * DAY, "500.00", "USD"),  # counted, but not summed in EUR
+    transfer("e12", "A", "G", T - 90 * DAY, "70.00"),  # on the 90d edge: outside
+    transfer("e13", "A", "G", T - 90 * DAY + SECOND, "60.00"),  # inside 90d only
 ]
 
 
@@ -118,23 +120,35 @@ async def test_each_window_is_open_at_its_start_and_closed_at_the_event(
 
     originator, beneficiary = await features_of(uow_factory, tenant, ids["e07"])
 
-    assert by_window(originator, "out_count") == [2, 5, 7, 8]
-    assert by_window(originator, "out_sum_minor") == [1_900_000, 3_789_999, 3_819_999, 3_839_999]
-    assert by_window(originator, "out_distinct") == [1, 3, 4, 5]
-    assert by_window(originator, "in_count") == [0, 1, 1, 1]
-    assert by_window(originator, "in_sum_minor") == [0, 5_000, 5_000, 5_000]
-    assert by_window(originator, "in_distinct") == [0, 1, 1, 1]
-    assert by_window(originator, "pair_count") == [2, 3, 4, 4]
-    assert by_window(originator, "near_threshold_count") == [1, 2, 2, 2]
+    assert by_window(originator, "out_count") == [2, 5, 7, 8, 10]
+    assert by_window(originator, "out_sum_minor") == [
+        1_900_000,
+        3_789_999,
+        3_819_999,
+        3_839_999,
+        3_855_999,
+    ]
+    assert by_window(originator, "out_distinct") == [1, 3, 4, 5, 6]
+    assert by_window(originator, "in_count") == [0, 1, 1, 1, 1]
+    assert by_window(originator, "in_sum_minor") == [0, 5_000, 5_000, 5_000, 5_000]
+    assert by_window(originator, "in_distinct") == [0, 1, 1, 1, 1]
+    assert by_window(originator, "pair_count") == [2, 3, 4, 4, 5]
+    assert by_window(originator, "near_threshold_count") == [1, 2, 2, 2, 2]
     assert originator.values["days_dormant"] == 0
 
-    assert by_window(beneficiary, "in_count") == [2, 3, 4, 4]
-    assert by_window(beneficiary, "in_sum_minor") == [1_900_000, 2_850_000, 2_880_000, 2_880_000]
-    assert by_window(beneficiary, "in_distinct") == [1, 1, 1, 1]
-    assert by_window(beneficiary, "out_count") == [0, 0, 0, 0]
-    assert by_window(beneficiary, "out_sum_minor") == [0, 0, 0, 0]
-    assert by_window(beneficiary, "near_threshold_count") == [0, 0, 0, 0]
-    assert by_window(beneficiary, "pair_count") == [2, 3, 4, 4]
+    assert by_window(beneficiary, "in_count") == [2, 3, 4, 4, 5]
+    assert by_window(beneficiary, "in_sum_minor") == [
+        1_900_000,
+        2_850_000,
+        2_880_000,
+        2_880_000,
+        2_890_000,
+    ]
+    assert by_window(beneficiary, "in_distinct") == [1, 1, 1, 1, 1]
+    assert by_window(beneficiary, "out_count") == [0, 0, 0, 0, 0]
+    assert by_window(beneficiary, "out_sum_minor") == [0, 0, 0, 0, 0]
+    assert by_window(beneficiary, "near_threshold_count") == [0, 0, 0, 0, 0]
+    assert by_window(beneficiary, "pair_count") == [2, 3, 4, 4, 5]
     assert beneficiary.values["days_dormant"] == 0
     assert set(originator.values) == set(Features.empty().values)
 
@@ -146,10 +160,11 @@ async def test_sums_take_only_the_scored_events_currency(
 
     originator, beneficiary = await features_of(uow_factory, tenant, ids["e11"])
 
-    # As of T - 2 days: e02 and e11 were sent, e01 is 28 days earlier and in the 30d window.
-    assert by_window(originator, "out_count") == [1, 1, 1, 3]
-    assert by_window(originator, "out_sum_minor") == [50_000, 50_000, 50_000, 50_000]
-    assert by_window(beneficiary, "in_sum_minor") == [50_000, 50_000, 50_000, 50_000]
+    # As of T - 2 days: e02 and e11 were sent, e01 is 28 days earlier and in the 30d window,
+    # e12 and e13 are 88 days earlier and in the 90d window.
+    assert by_window(originator, "out_count") == [1, 1, 1, 3, 5]
+    assert by_window(originator, "out_sum_minor") == [50_000, 50_000, 50_000, 50_000, 50_000]
+    assert by_window(beneficiary, "in_sum_minor") == [50_000, 50_000, 50_000, 50_000, 50_000]
 
 
 async def test_the_near_threshold_band_follows_the_ruleset(
@@ -168,7 +183,7 @@ async def test_the_near_threshold_band_follows_the_ruleset(
 
     originator, _ = await features_of(uow_factory, tenant, ids["e07"], ruleset)
 
-    assert by_window(originator, "near_threshold_count") == [1, 2, 2, 2]  # e06 and e10
+    assert by_window(originator, "near_threshold_count") == [1, 2, 2, 2, 2]  # e06 and e10
 
 
 async def test_dormancy_counts_whole_days_since_the_last_transfer_before_the_event(
@@ -178,7 +193,7 @@ async def test_dormancy_counts_whole_days_since_the_last_transfer_before_the_eve
         uow_factory,
         tenant,
         [
-            transfer("g1", "G", "H", T - 45 * DAY - 5 * HOUR, "10.00"),
+            transfer("g1", "G", "H", T - 100 * DAY - 5 * HOUR, "10.00"),
             transfer("g2", "G", "K", T, "10.00"),
             transfer("k1", "M", "K", T - 3 * DAY + HOUR, "10.00"),
             transfer("n1", "N", "P", T, "10.00"),
@@ -192,7 +207,7 @@ async def test_dormancy_counts_whole_days_since_the_last_transfer_before_the_eve
     _, q = await features_of(uow_factory, tenant, ids["n2"])
 
     assert (
-        g.values["days_dormant"] == 45
+        g.values["days_dormant"] == 100
     )  # beyond the longest window, and a KYC update is no transfer
     assert k.values["days_dormant"] == 2  # 2 days 23 hours
     # Transfers at the very same time are not before one another, but share the windows.
@@ -201,9 +216,9 @@ async def test_dormancy_counts_whole_days_since_the_last_transfer_before_the_eve
         -1,
         -1,
     )
-    assert by_window(n, "out_count") == [2, 2, 2, 2]
-    assert by_window(n, "out_distinct") == [2, 2, 2, 2]
-    assert by_window(p, "pair_count") == [1, 1, 1, 1]
+    assert by_window(n, "out_count") == [2, 2, 2, 2, 2]
+    assert by_window(n, "out_distinct") == [2, 2, 2, 2, 2]
+    assert by_window(p, "pair_count") == [1, 1, 1, 1, 1]
 
 
 async def test_a_kyc_update_gets_its_subjects_features_and_no_counterparty(
@@ -214,12 +229,12 @@ async def test_a_kyc_update_gets_its_subjects_features_and_no_counterparty(
     subject, missing = await features_of(uow_factory, tenant, ids["kyc"])
 
     assert missing == Features.empty()
-    assert by_window(subject, "out_count") == [2, 5, 7, 8]
-    assert by_window(subject, "in_count") == [0, 1, 1, 1]
-    assert by_window(subject, "pair_count") == [0, 0, 0, 0]
+    assert by_window(subject, "out_count") == [2, 5, 7, 8, 10]
+    assert by_window(subject, "in_count") == [0, 1, 1, 1, 1]
+    assert by_window(subject, "pair_count") == [0, 0, 0, 0, 0]
     # No currency to add amounts in.
-    assert by_window(subject, "out_sum_minor") == [0, 0, 0, 0]
-    assert by_window(subject, "near_threshold_count") == [0, 0, 0, 0]
+    assert by_window(subject, "out_sum_minor") == [0, 0, 0, 0, 0]
+    assert by_window(subject, "near_threshold_count") == [0, 0, 0, 0, 0]
     assert subject.values["days_dormant"] == 0
 
 

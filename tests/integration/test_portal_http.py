@@ -37,7 +37,12 @@ async def portal(settings: Settings) -> AsyncIterator[Portal]:
 
 def _production(settings: Settings) -> Settings:
     return settings.model_copy(
-        update={"environment": "production", "jwt_secret": SecretStr("p" * 48)}
+        update={
+            "environment": "production",
+            "jwt_secret": SecretStr("p" * 48),
+            "jwt_issuer": "https://idp.bank.example",
+            "jwt_audience": "vigil-api",
+        }
     )
 
 

@@ -25,8 +25,20 @@ ABUSE = {
     + " ".join(f"a{i}: viewer {{ subject }}" for i in range(1000))
     + " }",
     "a huge token count": "{ " + "viewer { subject } " * 50_000 + "}",
-    # The schema has no nested object yet; nesting past the limit must still be refused.
+    # Nesting past the limit is refused whether the fields exist or not.
     "a deep query": "query { " + "viewer { " * 12 + "subject" + " }" * 13,
+    "a deep query over real types": "query { cases { edges { node { "
+    + "subject { events { edges { node { " * 3
+    + "id"
+    + " } } } }" * 3
+    + " } } } }",
+    # Under the token limit, past the alias limit: 25 pages of 100 cases.
+    "aliased pages past the limit": "{ "
+    + " ".join(f"p{i}: cases(first: 100) {{ edges {{ cursor }} }}" for i in range(25))
+    + " }",
+    "a thousand aliased pages": "{ "
+    + " ".join(f"p{i}: cases(first: 100) {{ edges {{ cursor }} }}" for i in range(1000))
+    + " }",
 }
 
 

@@ -275,11 +275,18 @@ async def test_a_subject_has_one_case_that_is_not_closed(
             await uow.connection.execute(text("SELECT typologies FROM alerts"))
         ).scalar_one()
         assert typologies == ["large_value"]
-        # Once closed, the subject may have a new case.
-        await uow.connection.execute(
-            text("UPDATE cases SET status = 'closed' WHERE case_id = :case"),
-            {"case": case.case_id},
-        )
+        # Once closed (along the review path, which the database holds to), the subject
+        # may have a new case.
+        for step in (
+            "status = 'in_review', assignee = 'alice'",
+            "status = 'pending_approval', disposition = 'false_positive', rationale = 'ok',"
+            " proposed_by = 'alice', proposed_at = now()",
+            "status = 'closed', decision = 'approved', decided_by = 'bob',"
+            " decided_roles = '{supervisor}', decided_at = now(), closed_at = now()",
+        ):
+            await uow.connection.execute(
+                text(f"UPDATE cases SET {step} WHERE case_id = :case"), {"case": case.case_id}
+            )
         assert await uow.scoring.open_case(subject_id) is None
         assert await uow.scoring.add_case(second) is True
         assert (await uow.scoring.open_case(subject_id)).status is CaseStatus.OPEN

@@ -91,6 +91,31 @@ def fan_in(senders: int, transfers: int = 0) -> list[dict[str, Any]]:
     ]
 
 
+def split(pieces: int, amount: str = "100.00") -> list[dict[str, Any]]:
+    """A's regular history (one transfer of 300.00 to C a week, from 30 days back), then
+    ``pieces`` transfers of ``amount`` from A to B within the last 23 hours; the last at T."""
+    regular = [pay("A", "C", T - (30 - 7 * week) * DAY, "300.00") for week in range(4)]
+    return [
+        *regular,
+        *(pay("A", "B", T - (pieces - 1 - index) * HOUR, amount) for index in range(pieces)),
+    ]
+
+
+def profile(
+    account: str, scored: dict[str, Any], *, sent: str = "", got: str = "", times: int = 4
+) -> list[dict[str, Any]]:
+    """``account``'s profile: ``times`` transfers of ``sent`` from it and as many of ``got``
+    to it, three days apart and each with another account; then the scored transfer."""
+    history = []
+    for index in range(times):
+        at = T - 3 * (times - index) * DAY
+        if sent:
+            history.append(pay(account, f"P{index}", at, sent))
+        if got:
+            history.append(pay(f"Q{index}", account, at, got))
+    return [*history, scored]
+
+
 def fan_out(recipients: int, transfers: int = 0) -> list[dict[str, Any]]:
     """``transfers`` (default: one per recipient) of 100.00 from A, twelve hours apart
     (so never a burst), to ``recipients`` different accounts taken in turn; the last at T."""
@@ -209,11 +234,11 @@ FIRES = [
     pytest.param(
         Case(
             "FAN_IN",
-            fan_in(10),
-            {"beneficiary.in_distinct_7d": 10},
+            fan_in(15),
+            {"beneficiary.in_distinct_7d": 15},
             (
-                "10 different accounts paid this account within 7 days (threshold 10)",
-                "10 transfers, 100000 minor units in all",
+                "15 different accounts paid this account within 7 days (threshold 15)",
+                "15 transfers, 150000 minor units in all",
             ),
         ),
         id="fan-in",
@@ -266,6 +291,68 @@ FIRES = [
             ("5 transfers from this account to the same beneficiary within 7 days",),
         ),
         id="repeated-pair",
+    ),
+    pytest.param(
+        Case(
+            "SPLIT_PAYMENTS",
+            split(2),
+            {"originator.pair_count_24h": 2},
+            ("2 transfers from this account to the same beneficiary within 24 hours",),
+        ),
+        id="split-payments",
+    ),
+    pytest.param(
+        Case(
+            "SPLIT_PAYMENTS_RECEIVED",
+            split(5, "4.99"),
+            {"originator.pair_count_24h": 5},
+            ("This account received 5 transfers from the same sender within 24 hours",),
+        ),
+        id="split-payments-received",
+    ),
+    pytest.param(
+        Case(
+            "UNUSUAL_AMOUNT_OUT",
+            # Four transfers of 360.00, then 60.00: 60.00 * 5 is 20% of their sum, 1500.00.
+            profile("A", pay("A", "B", T, "60.00"), sent="360.00"),
+            {
+                "event.currency": "EUR",
+                "event.amount_minor": 6_000,
+                "originator.out_count_90d": 5,
+                "originator.out_sum_minor_90d": 150_000,
+            },
+            ("A transfer of 6000 minor units against 150000 sent over 5 transfers",),
+        ),
+        id="unusual-amount-out-a-fifth-of-the-average",
+    ),
+    pytest.param(
+        Case(
+            "UNUSUAL_AMOUNT_OUT",
+            # Nine transfers of 100.00, then 900.00: 900.00 * 10 is 500% of 1800.00.
+            profile("A", pay("A", "B", T, "900.00"), sent="100.00", times=9),
+            {
+                "event.currency": "EUR",
+                "event.amount_minor": 90_000,
+                "originator.out_count_90d": 10,
+                "originator.out_sum_minor_90d": 180_000,
+            },
+            ("A transfer of 90000 minor units against 180000 sent over 10 transfers",),
+        ),
+        id="unusual-amount-out-five-times-the-average",
+    ),
+    pytest.param(
+        Case(
+            "UNUSUAL_AMOUNT_IN",
+            profile("B", pay("A", "B", T, "60.00"), got="360.00"),
+            {
+                "event.currency": "EUR",
+                "event.amount_minor": 6_000,
+                "beneficiary.in_count_90d": 5,
+                "beneficiary.in_sum_minor_90d": 150_000,
+            },
+            ("A transfer of 6000 minor units received against 150000 received over 5",),
+        ),
+        id="unusual-amount-in-a-fifth-of-the-average",
     ),
     pytest.param(
         Case(
@@ -436,15 +523,15 @@ NEAR_MISSES = [
         id="velocity-sum-one-transfer-fewer",
     ),
     pytest.param(
-        Case("FAN_IN", fan_in(9, transfers=10), {"beneficiary.in_distinct_7d": 9}),
+        Case("FAN_IN", fan_in(14, transfers=15), {"beneficiary.in_distinct_7d": 14}),
         id="fan-in-one-sender-fewer",
     ),
     pytest.param(
         Case(
             "FAN_IN",
             # The first sender paid exactly 7 days before: outside the window.
-            [pay("S0", "B", T - 7 * DAY), *fan_in(10)[1:]],
-            {"beneficiary.in_distinct_7d": 9},
+            [pay("S0", "B", T - 7 * DAY), *fan_in(15)[1:]],
+            {"beneficiary.in_distinct_7d": 14},
         ),
         id="fan-in-one-sender-a-week-ago",
     ),
@@ -507,6 +594,76 @@ NEAR_MISSES = [
     pytest.param(
         Case("REPEATED_PAIR", repeated(4, others=1), {"originator.pair_count_7d": 4}),
         id="repeated-pair-one-to-another-beneficiary",
+    ),
+    pytest.param(
+        Case(
+            "SPLIT_PAYMENTS",
+            [pay("A", "B", T - 24 * HOUR), pay("A", "B", T)],  # on the 24h edge: outside
+            {"originator.pair_count_24h": 1},
+        ),
+        id="split-payments-a-day-apart",
+    ),
+    pytest.param(
+        Case(
+            "SPLIT_PAYMENTS_RECEIVED",
+            # B is paid twice within the day, but by two different senders.
+            [pay("C", "B", T - HOUR), pay("A", "B", T)],
+            {"originator.pair_count_24h": 1},
+        ),
+        id="split-payments-received-from-two-senders",
+    ),
+    pytest.param(
+        Case(
+            "UNUSUAL_AMOUNT_OUT",
+            profile("A", pay("A", "B", T, "60.01"), sent="360.00"),
+            {
+                "event.currency": "EUR",
+                "event.amount_minor": 6_001,
+                "originator.out_count_90d": 5,
+                "originator.out_sum_minor_90d": 150_001,
+            },
+        ),
+        id="unusual-amount-out-a-cent-above-a-fifth",
+    ),
+    pytest.param(
+        Case(
+            "UNUSUAL_AMOUNT_OUT",
+            profile("A", pay("A", "B", T, "899.99"), sent="100.00", times=9),
+            {
+                "event.currency": "EUR",
+                "event.amount_minor": 89_999,
+                "originator.out_count_90d": 10,
+                "originator.out_sum_minor_90d": 179_999,
+            },
+        ),
+        id="unusual-amount-out-a-cent-below-five-times",
+    ),
+    pytest.param(
+        Case(
+            "UNUSUAL_AMOUNT_OUT",
+            # What A sent 90 days ago is out of its profile: it has no profile yet.
+            [pay("A", "C", T - 90 * DAY, "360.00"), pay("A", "B", T, "1.00")],
+            {
+                "event.currency": "EUR",
+                "event.amount_minor": 100,
+                "originator.out_count_90d": 1,
+                "originator.out_sum_minor_90d": 100,
+            },
+        ),
+        id="unusual-amount-out-no-profile-within-90-days",
+    ),
+    pytest.param(
+        Case(
+            "UNUSUAL_AMOUNT_IN",
+            profile("B", pay("A", "B", T, "60.01"), got="360.00"),
+            {
+                "event.currency": "EUR",
+                "event.amount_minor": 6_001,
+                "beneficiary.in_count_90d": 5,
+                "beneficiary.in_sum_minor_90d": 150_001,
+            },
+        ),
+        id="unusual-amount-in-a-cent-above-a-fifth",
     ),
     pytest.param(
         Case(
@@ -723,7 +880,7 @@ async def test_the_typology_stays_quiet_on_a_near_miss(
 
 
 ALERTS = [
-    pytest.param(fan_in(10), "B", "fan_in", 50, id="fan-in-names-the-beneficiary"),
+    pytest.param(fan_in(15), "B", "fan_in", 50, id="fan-in-names-the-beneficiary"),
     pytest.param(fan_out(10), "A", "fan_out", 50, id="fan-out-names-the-originator"),
     pytest.param(
         after(kyc("A", T - DAY, sanctionsHit=True), scored=pay("A", "B", T)),
@@ -803,3 +960,31 @@ async def test_an_alert_and_a_case_are_opened_on_the_account_the_typology_concer
     assert alert.score == score
     assert list(alert.typologies) == [typology]
     assert (case.case_id, case.subject_id) == (alert.case_id, subject_id)
+
+
+async def test_split_payments_open_a_case_on_the_sender_and_one_on_the_receiver(
+    uow_factory: UnitOfWorkFactory, owner_engine: AsyncEngine, tenant: uuid.UUID
+) -> None:
+    scored = await score_history(uow_factory, owner_engine, tenant, split(3))
+
+    assert (scored.score, scored.alerted) == (100, 2)
+    async with owner_engine.connect() as connection:
+        named = (
+            await connection.execute(
+                text(
+                    "SELECT s.external_ref, a.typologies FROM alerts a JOIN subjects s"
+                    " ON s.tenant_id = a.tenant_id AND s.subject_id = a.subject_id"
+                    " WHERE a.tenant_id = :t ORDER BY s.external_ref"
+                ),
+                {"t": tenant},
+            )
+        ).all()
+        cases = await connection.scalar(
+            text("SELECT count(DISTINCT subject_id) FROM cases WHERE tenant_id = :t"),
+            {"t": tenant},
+        )
+    assert [(ref, list(typologies)) for ref, typologies in named] == [
+        ("A", ["split_payments"]),
+        ("B", ["split_payments"]),
+    ]
+    assert cases == 2

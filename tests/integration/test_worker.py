@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
 from datetime import timedelta
 from typing import Any
 
@@ -44,17 +43,6 @@ from tests.integration.scoring_support import (
 )
 from workers.reconciler import Reconciler, list_failures, redrive
 from workers.scoring import CONNECTION_NAME
-
-
-@pytest.fixture
-def scoring(settings: Settings) -> Settings:
-    return scoring_settings(settings)
-
-
-@pytest.fixture
-async def queue(scoring: Settings) -> AsyncIterator[ArqRedis]:
-    async with score_queue(scoring) as redis:
-        yield redis
 
 
 def reconciler(scoring: Settings, app_engine: AsyncEngine, queue: ArqRedis) -> Reconciler:

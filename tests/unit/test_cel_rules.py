@@ -18,6 +18,7 @@ import pytest
 from adapters.cel_rules import CachedScorers, CelCompiler
 from domain.audit import AuditEntry
 from domain.canonical import digest
+from domain.case_policy import DEFAULT_POLICY, CasePolicy
 from domain.cases import Case
 from domain.default_ruleset import DEFAULT_RULESET
 from domain.messages import OutboxMessage
@@ -214,11 +215,19 @@ class MemoryScoringStore:
         return None
 
 
+class DefaultCasePolicy:
+    """Only the case policy, which scoring reads to open a case."""
+
+    async def policy(self) -> CasePolicy:
+        return DEFAULT_POLICY
+
+
 class MemoryUnitOfWork:
     def __init__(self, memory: ScoringMemory, tenant_id: uuid.UUID) -> None:
         self.tenant_id = tenant_id
         self.memory = memory
         self.scoring = MemoryScoringStore(memory)
+        self.cases = DefaultCasePolicy()
         self._entries: list[AuditEntry] = []
 
     async def __aenter__(self) -> Self:

@@ -43,6 +43,9 @@ ORDINARY_SENDER = {
     "pair_count_24h": 1,
     "pair_count_7d": 1,
     "pair_count_30d": 2,
+    # Its profile: fifteen transfers in 90 days, EUR 300.00 on average.
+    "out_count_90d": 15,
+    "out_sum_minor_90d": 450_000,
 }
 ORDINARY_RECEIVER = {
     "days_dormant": 1,
@@ -62,6 +65,9 @@ ORDINARY_RECEIVER = {
     "pair_count_24h": 1,
     "pair_count_7d": 1,
     "pair_count_30d": 2,
+    # Its profile: twelve transfers received in 90 days, EUR 300.00 on average.
+    "in_count_90d": 12,
+    "in_sum_minor_90d": 360_000,
 }
 
 
@@ -180,9 +186,9 @@ FIRES = [
     ),
     pytest.param(
         "FAN_IN",
-        {"receiver": {"in_distinct_7d": 10, "in_count_7d": 12, "in_sum_minor_7d": 300_000}},
-        {"beneficiary.in_distinct_7d": 10},
-        "10 different accounts paid this account within 7 days (threshold 10): 12 transfers,"
+        {"receiver": {"in_distinct_7d": 15, "in_count_7d": 17, "in_sum_minor_7d": 300_000}},
+        {"beneficiary.in_distinct_7d": 15},
+        "15 different accounts paid this account within 7 days (threshold 15): 17 transfers,"
         " 300000 minor units in all.",
         id="fan-in",
     ),
@@ -240,6 +246,74 @@ FIRES = [
         {"originator.pair_count_7d": 5},
         "5 transfers from this account to the same beneficiary within 7 days (threshold 5).",
         id="repeated-pair",
+    ),
+    pytest.param(
+        "SPLIT_PAYMENTS",
+        {"sender": {"pair_count_24h": 2}},
+        {"originator.pair_count_24h": 2},
+        "2 transfers from this account to the same beneficiary within 24 hours (threshold 2):"
+        " one payment split into pieces.",
+        id="split-payments",
+    ),
+    pytest.param(
+        "SPLIT_PAYMENTS_RECEIVED",
+        {"sender": {"pair_count_24h": 2}},
+        {"originator.pair_count_24h": 2},
+        "This account received 2 transfers from the same sender within 24 hours (threshold 2):"
+        " it collects a payment split into pieces.",
+        id="split-payments-received",
+    ),
+    pytest.param(
+        "UNUSUAL_AMOUNT_OUT",
+        {"amount": "60.00"},
+        {
+            "event.currency": "EUR",
+            "event.amount_minor": 6_000,
+            "originator.out_count_90d": 15,
+            "originator.out_sum_minor_90d": 450_000,
+        },
+        "A transfer of 6000 minor units against 450000 sent over 15 transfers in 90 days"
+        " (this one included): below 20% or from 500% of the account's average.",
+        id="unusual-amount-out-a-fifth-of-the-average",
+    ),
+    pytest.param(
+        "UNUSUAL_AMOUNT_OUT",
+        {"amount": "1500.00"},
+        {
+            "event.currency": "EUR",
+            "event.amount_minor": 150_000,
+            "originator.out_count_90d": 15,
+            "originator.out_sum_minor_90d": 450_000,
+        },
+        "A transfer of 150000 minor units against 450000 sent over 15 transfers in 90 days"
+        " (this one included): below 20% or from 500% of the account's average.",
+        id="unusual-amount-out-five-times-the-average",
+    ),
+    pytest.param(
+        "UNUSUAL_AMOUNT_IN",
+        {"amount": "60.00"},
+        {
+            "event.currency": "EUR",
+            "event.amount_minor": 6_000,
+            "beneficiary.in_count_90d": 12,
+            "beneficiary.in_sum_minor_90d": 360_000,
+        },
+        "A transfer of 6000 minor units received against 360000 received over 12 transfers"
+        " in 90 days (this one included): below 20% or from 500% of the account's average.",
+        id="unusual-amount-in-a-fifth-of-the-average",
+    ),
+    pytest.param(
+        "UNUSUAL_AMOUNT_IN",
+        {"amount": "1500.00"},
+        {
+            "event.currency": "EUR",
+            "event.amount_minor": 150_000,
+            "beneficiary.in_count_90d": 12,
+            "beneficiary.in_sum_minor_90d": 360_000,
+        },
+        "A transfer of 150000 minor units received against 360000 received over 12 transfers"
+        " in 90 days (this one included): below 20% or from 500% of the account's average.",
+        id="unusual-amount-in-five-times-the-average",
     ),
     pytest.param(
         "HIGH_RISK_COUNTRY",
@@ -337,7 +411,7 @@ QUIET = [
         {"sender": {"out_count_7d": 2, "out_sum_minor_7d": 2_500_000}},
         id="velocity-sum-too-few",
     ),
-    pytest.param("FAN_IN", {"receiver": {"in_distinct_7d": 9}}, id="fan-in"),
+    pytest.param("FAN_IN", {"receiver": {"in_distinct_7d": 14}}, id="fan-in"),
     pytest.param("FAN_OUT", {"sender": {"out_distinct_7d": 9}}, id="fan-out"),
     pytest.param(
         "RAPID_PASS_THROUGH",
@@ -360,6 +434,37 @@ QUIET = [
         id="pass-through-nothing-came-in",
     ),
     pytest.param("REPEATED_PAIR", {"sender": {"pair_count_7d": 4}}, id="repeated-pair"),
+    pytest.param("SPLIT_PAYMENTS", {"sender": {"pair_count_24h": 1}}, id="split-payments"),
+    pytest.param(
+        "SPLIT_PAYMENTS_RECEIVED", {"sender": {"pair_count_24h": 1}}, id="split-payments-received"
+    ),
+    pytest.param("UNUSUAL_AMOUNT_OUT", {"amount": "60.01"}, id="unusual-amount-out-a-cent-above"),
+    pytest.param("UNUSUAL_AMOUNT_OUT", {"amount": "1499.99"}, id="unusual-amount-out-a-cent-below"),
+    pytest.param(
+        "UNUSUAL_AMOUNT_OUT",
+        {"amount": "1.00", "sender": {"out_count_90d": 1, "out_sum_minor_90d": 100}},
+        id="unusual-amount-out-no-profile-yet",
+    ),
+    pytest.param(
+        "UNUSUAL_AMOUNT_OUT",
+        {"amount": "60.00", "currency": "USD"},
+        id="unusual-amount-out-other-currency",
+    ),
+    pytest.param(
+        "UNUSUAL_AMOUNT_IN",
+        {"amount": "60.01"},
+        id="unusual-amount-in-a-cent-above",
+    ),
+    pytest.param(
+        "UNUSUAL_AMOUNT_IN",
+        {"amount": "1499.99"},
+        id="unusual-amount-in-a-cent-below",
+    ),
+    pytest.param(
+        "UNUSUAL_AMOUNT_IN",
+        {"amount": "1.00", "receiver": {"in_count_90d": 1, "in_sum_minor_90d": 100}},
+        id="unusual-amount-in-no-profile-yet",
+    ),
     pytest.param(
         "HIGH_RISK_COUNTRY",
         {"target": "AE", "receiver_attributes": {"country": "AE"}},
@@ -440,7 +545,7 @@ def test_an_ordinary_transfer_fires_nothing(scorer: RulesScorecard) -> None:
 
 
 def test_fan_in_raises_an_alert_on_the_receiver_only(scorer: RulesScorecard) -> None:
-    crafted = context(receiver={"in_distinct_7d": 12, "in_count_7d": 12})
+    crafted = context(receiver={"in_distinct_7d": 16, "in_count_7d": 16})
 
     evaluation = scorer.assess(crafted)
 
@@ -449,8 +554,10 @@ def test_fan_in_raises_an_alert_on_the_receiver_only(scorer: RulesScorecard) -> 
 
 
 def test_indicators_alone_do_not_alert_but_together_they_do(scorer: RulesScorecard) -> None:
-    alone = scorer.assess(context(amount="10000.00", currency="USD", sender={"days_dormant": 400}))
-    together = scorer.assess(context(amount="10000.00", sender={"days_dormant": 400}))
+    # Dormant for 400 days: nothing in its 90-day profile but the transfer itself.
+    woken = {"days_dormant": 400, "out_count_90d": 1, "out_sum_minor_90d": 1_000_000}
+    alone = scorer.assess(context(amount="10000.00", currency="USD", sender=woken))
+    together = scorer.assess(context(amount="10000.00", sender=woken, receiver={"in_count_90d": 1}))
 
     assert [o.code for o in alone.outcomes if o.fired] == ["DORMANT_REACTIVATED"]
     assert not alone.alert
@@ -460,6 +567,28 @@ def test_indicators_alone_do_not_alert_but_together_they_do(scorer: RulesScoreca
         "ROUND_AMOUNT",
     ]
     assert (together.score, together.band, together.alert) == (70, Band.HIGH, True)
+
+
+def test_split_payments_raise_an_alert_on_both_accounts(scorer: RulesScorecard) -> None:
+    evaluation = scorer.assess(context(sender={"pair_count_24h": 3}))
+
+    assert [o.code for o in evaluation.outcomes if o.fired] == [
+        "SPLIT_PAYMENTS",
+        "SPLIT_PAYMENTS_RECEIVED",
+    ]
+    assert evaluation.concerned() == [Party.ORIGINATOR, Party.BENEFICIARY]
+
+
+def test_an_unusual_amount_names_only_the_account_it_is_unusual_for(
+    scorer: RulesScorecard,
+) -> None:
+    # EUR 50.00 is a sixth of what the sender usually sends, but what the receiver gets.
+    evaluation = scorer.assess(
+        context(amount="50.00", receiver={"in_count_90d": 4, "in_sum_minor_90d": 20_000})
+    )
+
+    assert [o.code for o in evaluation.outcomes if o.fired] == ["UNUSUAL_AMOUNT_OUT"]
+    assert evaluation.concerned() == [Party.ORIGINATOR]
 
 
 def test_a_sanctions_hit_is_critical(scorer: RulesScorecard) -> None:
