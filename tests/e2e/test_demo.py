@@ -44,22 +44,27 @@ def _free_port() -> int:
         return int(probe.getsockname()[1])
 
 
+def _demo_env() -> dict[str, str]:
+    """The test settings, with ports of the demo's own so that it never meets a portal
+    or metrics port in use."""
+    assert DATA is not None
+    return {
+        **os.environ,
+        "VIGIL_PORTAL_PORT": str(_free_port()),
+        "VIGIL_RELAY_METRICS_PORT": "0",
+        "VIGIL_INBOUND_METRICS_PORT": "0",
+        "VIGIL_DISPATCH_METRICS_PORT": "0",
+        "VIGIL_WORKER_METRICS_PORT": "0",
+        "VIGIL_LOG_LEVEL": "WARNING",
+        "VIGIL_DEMO_DATA": str(DATA),
+    }
+
+
 @pytest.mark.skipif(DATA is None, reason="the sample bank is not here")
 async def test_the_demo_assesses_each_transfer_once_and_reports_what_the_database_holds(
     migrated: None, owner_engine: AsyncEngine, tmp_path: Path
 ) -> None:
-    assert DATA is not None
-    env = dict(os.environ)
-    # Ports of its own, so that the demo never meets a portal or metrics port in use.
-    env.update(
-        VIGIL_PORTAL_PORT=str(_free_port()),
-        VIGIL_RELAY_METRICS_PORT="0",
-        VIGIL_INBOUND_METRICS_PORT="0",
-        VIGIL_DISPATCH_METRICS_PORT="0",
-        VIGIL_WORKER_METRICS_PORT="0",
-        VIGIL_LOG_LEVEL="WARNING",
-        VIGIL_DEMO_DATA=str(DATA),
-    )
+    env = _demo_env()
     report_path = tmp_path / "report.json"
     command = [sys.executable, "-m", "vigil", "demo", "--limit", str(LIMIT)]
 
@@ -179,17 +184,7 @@ def _children(pid: int) -> list[int]:
 def test_a_kept_running_demo_stops_its_processes_on_a_signal(
     migrated: None, tmp_path: Path, signum: signal.Signals
 ) -> None:
-    assert DATA is not None
-    env = dict(os.environ)
-    env.update(
-        VIGIL_PORTAL_PORT=str(_free_port()),
-        VIGIL_RELAY_METRICS_PORT="0",
-        VIGIL_INBOUND_METRICS_PORT="0",
-        VIGIL_DISPATCH_METRICS_PORT="0",
-        VIGIL_WORKER_METRICS_PORT="0",
-        VIGIL_LOG_LEVEL="WARNING",
-        VIGIL_DEMO_DATA=str(DATA),
-    )
+    env = _demo_env()
     # Started as a shell starts a background job: with SIGINT ignored.
     demo = subprocess.Popen(
         [sys.executable, "-m", "vigil", "demo", "--limit", "20", "--keep-running"],
