@@ -86,8 +86,14 @@ async def test_jobs_batched_together_each_settle_their_own_event(
     transaction_event: Any,
 ) -> None:
     await activate_default_ruleset(uow_factory, tenant)
+    # Accounts of their own: scored alone at once, the two never meet on a case.
     first, second = await ingest(
-        uow_factory, tenant, [transaction_event(), alerting(transaction_event)]
+        uow_factory,
+        tenant,
+        [
+            transaction_event(originator="NL20ABNA0000000020", beneficiary="NL21RABO0000000021"),
+            alerting(transaction_event),
+        ],
     )
     scorers = CachedScorers()
     jobs = ScoringJobs(
