@@ -82,6 +82,10 @@ class Settings(BaseSettings):
     dispatch_prefetch: int = Field(200, ge=1, le=10000)
     dispatch_metrics_port: int = Field(9103, ge=0, le=65535)
     worker_concurrency: int = Field(20, ge=1, le=500)
+    # Jobs of one tenant running at once in a worker are scored together, up to this
+    # many in one transaction (1 scores each job alone).
+    worker_batch_size: int = Field(16, ge=1, le=500)
+    worker_batch_linger_seconds: float = Field(0.005, ge=0, le=1)
     worker_job_timeout_seconds: float = Field(60.0, gt=0, le=3600)
     worker_max_tries: int = Field(5, ge=1, le=100)
     worker_retry_seconds: float = Field(1.0, gt=0, le=600)

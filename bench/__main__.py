@@ -3,7 +3,9 @@
 It uses a database of its own (``vigil_bench``, or ``VIGIL_BENCH_DATABASE``) and a
 broker prefix of its own (``vigilbench``, or ``VIGIL_BENCH_PREFIX``), so it neither reads
 nor disturbs a running Vigil. Results are ratios: ours / raw. ``python -m bench read``
-runs only the parts named (ingest, read, relay, scoring).
+runs only the parts named (ingest, read, relay, scoring, pipeline). The pipeline's rows
+(the whole chain of processes, :mod:`bench.pipeline`, with ``VIGIL_BENCH_WORKERS``
+scoring workers) have no raw counterpart; they stand beside the baselines of its parts.
 """
 
 from __future__ import annotations
@@ -21,6 +23,9 @@ os.environ["VIGIL_RELAY_DATABASE_URL"] = f"postgresql://vigil_relay@127.0.0.1:54
 os.environ["VIGIL_OWNER_DATABASE_URL"] = f"postgresql://vigil_owner@127.0.0.1:5432/{_DB}"
 os.environ["VIGIL_AMQP_PREFIX"] = os.environ.get("VIGIL_BENCH_PREFIX", "vigilbench")
 os.environ.setdefault("VIGIL_LOG_LEVEL", "WARNING")
+# The processes it starts serve no metrics, so they never meet a port in use.
+for _process in ("RELAY", "INBOUND", "DISPATCH", "WORKER"):
+    os.environ.setdefault(f"VIGIL_{_process}_METRICS_PORT", "0")
 
 from pathlib import Path  # noqa: E402
 
@@ -28,7 +33,7 @@ from adapters.broker import Names, declare_topology, delete_topology  # noqa: E4
 from adapters.database import make_engine  # noqa: E402
 from adapters.settings import get_settings  # noqa: E402
 from adapters.tenants import create_tenant  # noqa: E402
-from bench import ingest, read, relay, scoring  # noqa: E402
+from bench import ingest, pipeline, read, relay, scoring  # noqa: E402
 from vigil.processes import Processes, child_environment, wait_until_ready  # noqa: E402
 
 HEADER = ["what", "Vigil", "raw baseline", "ratio"]
@@ -76,7 +81,8 @@ async def _teardown() -> None:
         await delete_topology(channel, Names(settings.amqp_prefix))
 
 
-PARTS = ("ingest", "read", "relay", "scoring")
+PARTS = ("ingest", "read", "relay", "scoring", "pipeline")
+WORKERS = int(os.environ.get("VIGIL_BENCH_WORKERS", "2"))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -130,6 +136,8 @@ def main(argv: list[str] | None = None) -> int:
             add(asyncio.run(relay.compare(settings, tenant_id)))
         if "scoring" in parts:
             add(asyncio.run(scoring.compare(settings, tenant_id)))
+        if "pipeline" in parts:
+            add(pipeline.compare(settings, tenant_id, _free_port(), WORKERS))
     finally:
         processes.stop()
         asyncio.run(_teardown())

@@ -52,7 +52,8 @@ from adapters.unit_of_work import SqlUnitOfWork
 from domain.ids import new_id
 from domain.rules import Band, Ruleset
 from domain.scoring import Features
-from vigil.amlsim import account, default_data
+from vigil.amlsim import account
+from vigil.datasource import locate
 
 SIZES = (100_000, 1_000_000)
 SAMPLE = 500
@@ -128,7 +129,7 @@ def _summary(samples: Sequence[float]) -> tuple[float, float, float]:
 
 
 def amlsim_transfers() -> list[tuple[int, int, Decimal]]:
-    with (default_data() / "transactions.csv").open(newline="") as handle:
+    with (locate(None) / "transactions.csv").open(newline="") as handle:
         return [
             (int(row["sourceNodeId"]), int(row["targetNodeId"]), Decimal(row["value"]))
             for row in csv.DictReader(handle)

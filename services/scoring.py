@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -71,31 +72,72 @@ async def score_event(
 ) -> ScoreResult:
     moment = now or datetime.now(UTC)
     async with uow_factory(tenant_id) as uow:
-        store = uow.scoring
-        event = await store.load_event(event_id)
-        if event is None:
-            raise EventNotFound(f"no event {event_id}")
-        stored = await store.active_ruleset()
-        if stored is None:
-            raise NoActiveRuleset("the tenant has no active ruleset")
-        if await store.has_assessment(event_id, stored.version):
-            return ScoreResult(ScoreOutcome.ALREADY_ASSESSED)
+        result = await _score_in(uow, scorers, tenant_id, event_id, correlation_id, moment)
+        if result.outcome is ScoreOutcome.ASSESSED:
+            await uow.commit()
+    return result
 
-        scorer = scorers.scorer_for(tenant_id, stored)
-        originator, beneficiary = await store.features(event, scorers.parse(stored))
-        context = build_context(event, originator, beneficiary)
-        evaluation = scorer.assess(context)
 
-        record = AssessmentRecord(
-            new_id(), event_id, stored.version, scorer.name, evaluation, context, moment
-        )
-        if not await store.add_assessment(record):
-            return ScoreResult(ScoreOutcome.ALREADY_ASSESSED)
-        _record_assessment(uow, event, record, correlation_id)
-        alerted = await _raise_alerts(uow, event, record, correlation_id) if evaluation.alert else 0
-        if event.scoring_failed:
-            await store.clear_failure(event_id)
-        await uow.commit()
+async def score_events(
+    uow_factory: UnitOfWorkFactory,
+    scorers: ScorerProvider,
+    tenant_id: uuid.UUID,
+    events: Sequence[tuple[uuid.UUID, str | None]],
+    *,
+    now: datetime | None = None,
+) -> list[ScoreResult]:
+    """Score several events of one tenant (ids with their correlation ids) in one
+    transaction: for each, exactly what :func:`score_event` does, committed together.
+
+    A tenant's scoring transactions commit one after another, since each moves the
+    tenant's audit-chain head; one commit for a batch pays for that, and for the
+    transaction, once. Any failure rolls the whole batch back and is raised: nothing of
+    it is kept, and the caller scores each event alone to find out which one failed.
+    """
+    moment = now or datetime.now(UTC)
+    async with uow_factory(tenant_id) as uow:
+        results = [
+            await _score_in(uow, scorers, tenant_id, event_id, correlation_id, moment)
+            for event_id, correlation_id in events
+        ]
+        if any(result.outcome is ScoreOutcome.ASSESSED for result in results):
+            await uow.commit()
+    return results
+
+
+async def _score_in(
+    uow: UnitOfWork,
+    scorers: ScorerProvider,
+    tenant_id: uuid.UUID,
+    event_id: uuid.UUID,
+    correlation_id: str | None,
+    moment: datetime,
+) -> ScoreResult:
+    """Score one event in the unit of work's transaction, without committing it."""
+    store = uow.scoring
+    event = await store.load_event(event_id)
+    if event is None:
+        raise EventNotFound(f"no event {event_id}")
+    stored = await store.active_ruleset()
+    if stored is None:
+        raise NoActiveRuleset("the tenant has no active ruleset")
+    if await store.has_assessment(event_id, stored.version):
+        return ScoreResult(ScoreOutcome.ALREADY_ASSESSED)
+
+    scorer = scorers.scorer_for(tenant_id, stored)
+    originator, beneficiary = await store.features(event, scorers.parse(stored))
+    context = build_context(event, originator, beneficiary)
+    evaluation = scorer.assess(context)
+
+    record = AssessmentRecord(
+        new_id(), event_id, stored.version, scorer.name, evaluation, context, moment
+    )
+    if not await store.add_assessment(record):
+        return ScoreResult(ScoreOutcome.ALREADY_ASSESSED)
+    _record_assessment(uow, event, record, correlation_id)
+    alerted = await _raise_alerts(uow, event, record, correlation_id) if evaluation.alert else 0
+    if event.scoring_failed:
+        await store.clear_failure(event_id)
 
     log.debug(
         "event scored",

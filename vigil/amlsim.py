@@ -19,6 +19,9 @@ START = datetime(2025, 1, 1, tzinfo=UTC)
 CURRENCY = "EUR"
 COUNTRY = "NL"
 REPO = Path(__file__).resolve().parent.parent
+# What the data's README gives for its naive rule (see vigil.quality), to print beside
+# the floor the demo computes itself on the transfers it replayed.
+README_FLOOR = "precision 0.21, recall 0.48, F1 0.29"
 
 
 def default_data() -> Path:
@@ -58,3 +61,9 @@ def laundering_accounts(data_dir: Path) -> set[str]:
     """The accounts the data labels as laundering (``isFraud`` 1), as subject references."""
     with (data_dir / "nodes.csv").open(newline="") as handle:
         return {account(row["nodeid"]) for row in csv.DictReader(handle) if row["isFraud"] == "1"}
+
+
+def parties(event: dict[str, Any]) -> tuple[str, str]:
+    """The originator's and the beneficiary's account of a transfer made here."""
+    data = event["data"]
+    return data["originator"]["account"], data["beneficiary"]["account"]

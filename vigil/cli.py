@@ -289,6 +289,13 @@ async def _scoring_resources() -> AsyncIterator[tuple[Any, Any]]:
         await engine.dispose()
 
 
+def _positive(value: str) -> int:
+    number = int(value)
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not a positive number")
+    return number
+
+
 def _demo(args: argparse.Namespace) -> int:
     from vigil.demo import run
 
@@ -389,9 +396,23 @@ def build_parser() -> argparse.ArgumentParser:
     token.add_argument("--minutes", type=int, default=480)
     token.set_defaults(handler=_token)
 
-    demo = commands.add_parser("demo", help="start the processes and send sample transfers")
-    demo.add_argument("--data", type=Path, default=None, help="the AMLSim data folder")
-    demo.add_argument("--limit", type=int, default=500, help="how many transfers to send")
+    demo = commands.add_parser("demo", help="replay the labelled sample bank and report")
+    demo.add_argument(
+        "--data", type=Path, default=None, help="the AMLSim data folder (or VIGIL_DEMO_DATA)"
+    )
+    demo.add_argument(
+        "--cache",
+        type=Path,
+        default=None,
+        help="where a downloaded sample is kept (or VIGIL_DEMO_CACHE; default .cache/amlsim)",
+    )
+    demo.add_argument(
+        "--limit", type=_positive, default=None, help="replay only the first N transfers"
+    )
+    demo.add_argument("--workers", type=_positive, default=2, help="scoring worker processes")
+    demo.add_argument("--batch", type=_positive, default=500, help="events per GraphQL batch")
+    demo.add_argument("--senders", type=_positive, default=2, help="GraphQL requests at once")
+    demo.add_argument("--report-json", type=Path, default=None, help="also write the report")
     demo.add_argument("--keep-running", action="store_true", help="leave the processes up")
     demo.set_defaults(handler=_demo)
     return parser

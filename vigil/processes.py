@@ -19,17 +19,33 @@ class Processes:
     log_dir: Path
     started: list[tuple[str, subprocess.Popen[bytes]]] = field(default_factory=list)
 
-    def start(self, command: str, *args: str) -> subprocess.Popen[bytes]:
+    def start(
+        self, command: str, *args: str, name: str | None = None, **env: str
+    ) -> subprocess.Popen[bytes]:
+        """Start ``vigil command args``; ``name`` (the command by default) names its log,
+        ``env`` adds to the environment of this process alone."""
+        name = name or command
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        log = (self.log_dir / f"{command}.log").open("ab")
+        log = (self.log_dir / f"{name}.log").open("ab")
         process = subprocess.Popen(  # noqa: S603 - our own interpreter and module
             [sys.executable, "-m", "vigil", command, *args],
-            env=self.env,
+            env={**self.env, **env},
             stdout=log,
             stderr=subprocess.STDOUT,
         )
-        self.started.append((command, process))
+        self.started.append((name, process))
         return process
+
+    def memory(self) -> dict[str, tuple[float, float]]:
+        """Each running process's peak and current resident memory, in MiB."""
+        found = {}
+        for name, process in self.started:
+            if process.poll() is None and (memory := resident_memory(process.pid)) is not None:
+                found[name] = memory
+        return found
+
+    def exited(self) -> list[str]:
+        return [name for name, process in self.started if process.poll() is not None]
 
     def stop(self, timeout: float = 15.0) -> None:
         for _, process in self.started:
@@ -42,6 +58,22 @@ class Processes:
             except subprocess.TimeoutExpired:
                 process.kill()
         self.started.clear()
+
+
+def resident_memory(pid: int) -> tuple[float, float] | None:
+    """``VmHWM`` (the peak) and ``VmRSS`` of a Linux process in MiB; None elsewhere."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return None
+    values = {}
+    for line in status.splitlines():
+        key, _, rest = line.partition(":")
+        if key in ("VmHWM", "VmRSS"):
+            values[key] = int(rest.split()[0]) / 1024
+    if len(values) < 2:
+        return None
+    return values["VmHWM"], values["VmRSS"]
 
 
 def wait_until_ready(url: str, timeout: float = 30.0) -> None:

@@ -16,12 +16,20 @@ How many alerts an account has does not matter, nor which of its transfers raise
 A flagged account outside the labelled population's universe still counts against
 precision. With nothing flagged, precision is taken as 0 (nothing useful was found),
 and F1 is 0 when both figures are.
+
+A replay of part of a bank is judged within a universe (:func:`measure`): the accounts
+that took part in the transfers replayed. The naive floor is the rule the sample bank's
+README quotes (:func:`naive_flags`): flag an account with nine or more distinct
+counterparties in one direction (nine payees, or nine payers).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections import defaultdict
+from collections.abc import Iterable, Set
 from dataclasses import dataclass
+
+NAIVE_MIN_COUNTERPARTIES = 9
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,3 +72,26 @@ def account_quality(flagged: Iterable[str], labelled: Iterable[str]) -> AccountQ
     account counts once, however often it is named."""
     flagged_set, labelled_set = set(flagged), set(labelled)
     return AccountQuality(len(flagged_set), len(labelled_set), len(flagged_set & labelled_set))
+
+
+def measure(flagged: Set[str], labelled: Set[str], universe: Set[str]) -> AccountQuality:
+    """:func:`account_quality` of both sets taken within ``universe``."""
+    return account_quality(flagged & universe, labelled & universe)
+
+
+def naive_flags(
+    transfers: Iterable[tuple[str, str]], min_counterparties: int = NAIVE_MIN_COUNTERPARTIES
+) -> set[str]:
+    """Accounts with at least ``min_counterparties`` distinct payees or distinct payers
+    among ``transfers`` (pairs of originator and beneficiary)."""
+    payees: defaultdict[str, set[str]] = defaultdict(set)
+    payers: defaultdict[str, set[str]] = defaultdict(set)
+    for originator, beneficiary in transfers:
+        payees[originator].add(beneficiary)
+        payers[beneficiary].add(originator)
+    return {
+        account
+        for counterparties in (payees, payers)
+        for account, others in counterparties.items()
+        if len(others) >= min_counterparties
+    }

@@ -19,8 +19,17 @@ are not marked failed again after a deadline: a failure that could not even be m
 (the database away on the last try), and a job arq drops by itself, without calling it
 (its tries used up by workers killed or stopped mid-job, or a job older than a day).
 
-A process keeps one engine (its pool sized to the jobs it runs at once) and one cache
-of compiled rulesets for its whole life; a job only borrows a pooled connection. Results
+Jobs of one tenant that run at the same time in a process are scored together
+(:class:`Batches`): the first waits ``worker_batch_linger_seconds`` for others, and up to
+``worker_batch_size`` events are scored in one transaction by
+:func:`services.scoring.score_events`. A tenant's scoring transactions commit one at a
+time (each moves the tenant's audit-chain head), so one commit per batch instead of per
+event is what lets several jobs make progress at once. Each job still settles its own
+event: when a batch fails for any reason, nothing of it was kept and every job of it
+scores its event alone, with the retries and failure marking described above.
+
+A process keeps one engine and one cache of compiled rulesets for its whole life; a job
+only borrows a pooled connection. Results
 are not kept (``keep_result=0``), which :mod:`adapters.score_queue` relies on.
 """
 
@@ -52,7 +61,14 @@ from adapters.unit_of_work import unit_of_work_factory
 from domain.errors import TransientFailure
 from domain.ports import UnitOfWorkFactory
 from domain.rules import InvalidRuleset
-from services.scoring import EventNotFound, NoActiveRuleset, record_failure, score_event
+from services.scoring import (
+    EventNotFound,
+    NoActiveRuleset,
+    ScoreResult,
+    record_failure,
+    score_event,
+    score_events,
+)
 from workers.consumer import Backoff
 
 log = logging.getLogger(__name__)
@@ -64,6 +80,67 @@ _STATE = "vigil"
 _MAX_REASON = 500
 
 
+_Waiting = tuple[uuid.UUID, str | None, "asyncio.Future[ScoreResult | None]"]
+
+
+class Batches:
+    """Gathers the events of one tenant whose jobs run at the same time, and scores them
+    in one transaction. :meth:`score` answers None when the batch failed: the caller
+    then scores its event alone."""
+
+    def __init__(
+        self, uow_factory: UnitOfWorkFactory, scorers: CachedScorers, size: int, linger: float
+    ) -> None:
+        self._uow_factory = uow_factory
+        self._scorers = scorers
+        self._size = size
+        self._linger = linger
+        self._open: dict[uuid.UUID, list[_Waiting]] = {}
+        self._running: set[asyncio.Task[None]] = set()
+
+    async def score(
+        self, tenant_id: uuid.UUID, event_id: uuid.UUID, correlation_id: str | None
+    ) -> ScoreResult | None:
+        future: asyncio.Future[ScoreResult | None] = asyncio.get_running_loop().create_future()
+        batch = self._open.get(tenant_id)
+        if batch is None:
+            batch = self._open[tenant_id] = []
+            asyncio.get_running_loop().call_later(self._linger, self._close, tenant_id, batch)
+        batch.append((event_id, correlation_id, future))
+        if len(batch) >= self._size:
+            self._close(tenant_id, batch)
+        # Shielded: a job cancelled (its timeout, a shutdown) leaves its batch running;
+        # that batch's effects are committed or rolled back whole either way.
+        return await asyncio.shield(future)
+
+    def _close(self, tenant_id: uuid.UUID, batch: list[_Waiting]) -> None:
+        if self._open.get(tenant_id) is batch:
+            del self._open[tenant_id]
+            task = asyncio.ensure_future(self._run(tenant_id, batch))
+            self._running.add(task)
+            task.add_done_callback(self._running.discard)
+
+    async def _run(self, tenant_id: uuid.UUID, batch: list[_Waiting]) -> None:
+        try:
+            results: list[ScoreResult | None] = list(
+                await score_events(
+                    self._uow_factory,
+                    self._scorers,
+                    tenant_id,
+                    [(event_id, correlation_id) for event_id, correlation_id, _ in batch],
+                )
+            )
+        except Exception as error:
+            log.info(
+                "a batch failed; its events are scored one by one",
+                extra={"events": len(batch), "reason": type(error).__name__},
+            )
+            results = [None] * len(batch)
+        for (_, _, future), result in zip(batch, results, strict=True):
+            if not future.done():
+                future.set_result(result)
+
+
 @dataclass(slots=True)
 class ScoringJobs:
     """What every job of one worker process shares."""
@@ -72,6 +149,7 @@ class ScoringJobs:
     scorers: CachedScorers
     max_tries: int
     backoff: Backoff
+    batches: Batches | None = None
 
     async def score(
         self, tenant_id: uuid.UUID, event_id: uuid.UUID, correlation_id: str | None, job_try: int
@@ -79,7 +157,12 @@ class ScoringJobs:
         """Score one event and settle the outcome; raise only :class:`arq.Retry`."""
         started = time.perf_counter()
         try:
-            result = await score_event(
+            batched = (
+                await self.batches.score(tenant_id, event_id, correlation_id)
+                if self.batches is not None and job_try == 1
+                else None
+            )
+            result = batched or await score_event(
                 self.uow_factory, self.scorers, tenant_id, event_id, correlation_id=correlation_id
             )
         except TransientFailure as error:
@@ -177,11 +260,24 @@ def create_worker(settings: Settings, **overrides: Any) -> Worker:
             application_name=CONNECTION_NAME,
         )
         ctx["engine"] = engine
+        uow_factory = unit_of_work_factory(engine)
+        scorers = CachedScorers()
+        batches = (
+            Batches(
+                uow_factory,
+                scorers,
+                settings.worker_batch_size,
+                settings.worker_batch_linger_seconds,
+            )
+            if settings.worker_batch_size > 1
+            else None
+        )
         ctx[_STATE] = ScoringJobs(
-            unit_of_work_factory(engine),
-            CachedScorers(),
+            uow_factory,
+            scorers,
             settings.worker_max_tries,
             Backoff(first_seconds=settings.worker_retry_seconds, max_seconds=60.0),
+            batches,
         )
         log.info(
             "scoring worker ready",

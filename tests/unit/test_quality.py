@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from vigil.amlsim import laundering_accounts
-from vigil.quality import account_quality
+from vigil.quality import account_quality, measure, naive_flags
 
 
 def test_figures_count_accounts_once_each() -> None:
@@ -58,3 +58,27 @@ def test_labels_are_read_per_account_as_subject_references(tmp_path: Path) -> No
         writer.writerows([[0, 0, "1.00", -1], [7, 1, "2.00", 12], [12345, 1, "3.00", -1]])
 
     assert laundering_accounts(tmp_path) == {"AMLSIM-00007", "AMLSIM-12345"}
+
+
+def test_a_partial_replay_is_judged_within_the_accounts_it_saw() -> None:
+    quality = measure(
+        flagged={"a", "b", "c", "x"},
+        labelled={"a", "b", "d", "e", "y"},
+        universe={"a", "b", "c", "d", "e"},
+    )
+
+    # "x" and "y" took no part in the replay: neither is counted.
+    assert (quality.flagged, quality.labelled, quality.true_positives) == (3, 4, 2)
+
+
+def test_the_naive_rule_flags_nine_distinct_payees_or_nine_distinct_payers() -> None:
+    fan_out = [("hub", f"p{n}") for n in range(9)]
+    fan_in = [(f"q{n}", "sink") for n in range(9)]
+    # Eight payees and eight payers make sixteen counterparties, but nine in neither
+    # direction; repeated transfers to one payee count once.
+    mixed = [("mixed", f"r{n}") for n in range(8)] + [(f"s{n}", "mixed") for n in range(8)]
+    repeated = [("loyal", "shop")] * 20
+
+    flagged = naive_flags(fan_out + fan_in + mixed + repeated)
+
+    assert flagged == {"hub", "sink"}
