@@ -202,8 +202,14 @@ async def _replayed(uow: UnitOfWork, command: Command, mutation: str) -> StepRes
             "this clientMutationId was used for another mutation", field="clientMutationId"
         )
     answer = stored.answer
+    case = case_from_data(answer["case"])
+    if command.case_id is not None and case.case_id != command.case_id:
+        # Answering another case's step would tell the caller this case was acted on.
+        raise InvalidCaseInput(
+            "this clientMutationId was used for another case", field="clientMutationId"
+        )
     return StepResult(
-        case_from_data(answer["case"]),
+        case,
         datetime.fromisoformat(answer["updatedAt"]),
         answer.get("extra", {}),
         replayed=True,

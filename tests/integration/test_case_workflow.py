@@ -358,6 +358,25 @@ async def test_a_retried_client_mutation_id_gets_the_first_answer_and_acts_once(
         )
 
 
+async def test_a_client_mutation_id_answers_only_the_case_it_was_first_sent_for(
+    uow_factory: Any, owner_engine: AsyncEngine, tenant: uuid.UUID, transaction_event: Any
+) -> None:
+    first, second = await open_cases(uow_factory, tenant, transaction_event, 2)
+    sam = supervisor("sam")
+    await svc.assign_case(
+        uow_factory, command(tenant, sam, first, 1, client_mutation_id="m-1"), "alice"
+    )
+
+    with pytest.raises(InvalidCaseInput) as refused:
+        await svc.assign_case(
+            uow_factory, command(tenant, sam, second, 1, client_mutation_id="m-1"), "alice"
+        )
+
+    assert refused.value.field == "clientMutationId"
+    (row,) = await as_owner(owner_engine, "SELECT status FROM cases WHERE case_id = :c", c=second)
+    assert row.status == "open"
+
+
 async def test_reject_sends_back_and_reopen_brings_a_closed_case_back(
     uow_factory: Any, owner_engine: AsyncEngine, tenant: uuid.UUID, transaction_event: Any
 ) -> None:
