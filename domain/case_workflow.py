@@ -41,6 +41,7 @@ from domain.errors import (
     StaleVersion,
     TransitionNotAllowed,
 )
+from domain.text import unprintable
 
 ANALYST = "analyst"
 SUPERVISOR = "supervisor"
@@ -276,6 +277,8 @@ def _reason(text: str, field: str) -> str:
         raise InvalidCaseInput(f"a {field} is required", field=field)
     if len(stripped) > MAX_REASON:
         raise InvalidCaseInput(f"a {field} has at most {MAX_REASON} characters", field=field)
+    if unprintable(stripped, multiline=True):
+        raise InvalidCaseInput(f"a {field} holds a control character", field=field)
     return stripped
 
 
@@ -286,7 +289,9 @@ def _name(text: str, field: str) -> str:
     name = unicodedata.normalize("NFKC", text).strip()
     if not 0 < len(name) <= MAX_ACTOR:
         raise InvalidCaseInput(f"{field} is 1 to {MAX_ACTOR} characters", field=field)
-    if any(unicodedata.category(char) in {"Cc", "Cf", "Cs", "Zl", "Zp"} for char in name):
+    if unprintable(name, multiline=False) or any(
+        unicodedata.category(char) in {"Cf", "Zl", "Zp"} for char in name
+    ):
         raise InvalidCaseInput(f"{field} holds a control or format character", field=field)
     return name
 
