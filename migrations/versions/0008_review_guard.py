@@ -9,6 +9,10 @@
   ``domain.case_workflow.same_person``.
 - A decision taken by a token that also carried the regulator role, who only ever
   reads; and a proposal sent back recorded as approved. Both are refused.
+- A closed case kept only its decider, decision and disposition: its rationale, the
+  roles the decider held, the reason and the times could be rewritten. The whole record
+  of the proposal and the decision is now fixed until the case is reopened (and a
+  pending proposal's time with the rest of it).
 
 Revision ID: 0008
 Revises: 0007
@@ -67,13 +71,19 @@ BEGIN
                 USING ERRCODE = 'VGFE1';
         END IF;
     ELSIF OLD.status = 'pending_approval' AND NEW.status = 'pending_approval'
-          AND (NEW.proposed_by, NEW.disposition, NEW.rationale)
-              IS DISTINCT FROM (OLD.proposed_by, OLD.disposition, OLD.rationale) THEN
+          AND (NEW.proposed_by, NEW.proposed_at, NEW.disposition, NEW.rationale)
+              IS DISTINCT FROM
+              (OLD.proposed_by, OLD.proposed_at, OLD.disposition, OLD.rationale) THEN
         RAISE EXCEPTION 'four eyes: a pending proposal is not rewritten'
             USING ERRCODE = 'VGFE1';
     ELSIF OLD.status = 'closed' AND NEW.status = 'closed'
-          AND (NEW.decided_by, NEW.decision, NEW.disposition)
-              IS DISTINCT FROM (OLD.decided_by, OLD.decision, OLD.disposition) THEN
+          AND (NEW.proposed_by, NEW.proposed_at, NEW.disposition, NEW.rationale,
+               NEW.decided_by, NEW.decided_roles, NEW.decided_at, NEW.decision,
+               NEW.decision_reason, NEW.closed_at)
+              IS DISTINCT FROM
+              (OLD.proposed_by, OLD.proposed_at, OLD.disposition, OLD.rationale,
+               OLD.decided_by, OLD.decided_roles, OLD.decided_at, OLD.decision,
+               OLD.decision_reason, OLD.closed_at) THEN
         RAISE EXCEPTION 'four eyes: a closed case''s decision is not rewritten'
             USING ERRCODE = 'VGFE1';
     END IF;

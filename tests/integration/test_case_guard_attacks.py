@@ -14,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from adapters.database import sqlstate
 from domain.cases import Disposition
 from services import cases as svc
-from tests.integration.case_support import analyst, command, open_cases
+from tests.integration.case_support import analyst, close_case, command, open_cases
 
 ALICE = analyst("alice")
 
@@ -126,3 +126,29 @@ async def test_a_rejection_is_recorded_as_a_rejection(
         c=case_id,
     )
     assert refusal == "VGFE1"
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        "rationale = 'rewritten later'",
+        "decided_roles = '{supervisor,admin}'",
+        "decision_reason = 'rewritten later'",
+        "decided_at = now() - interval '1 day'",
+        "closed_at = now() - interval '1 day'",
+        "proposed_by = 'mallory'",
+        "proposed_at = now() - interval '1 day'",
+    ],
+)
+async def test_a_closed_case_s_proposal_and_decision_are_not_rewritten(
+    uow_factory: Any,
+    app_engine: AsyncEngine,
+    tenant: uuid.UUID,
+    transaction_event: Any,
+    change: str,
+) -> None:
+    (case_id,) = await open_cases(uow_factory, tenant, transaction_event, 1)
+    await close_case(uow_factory, tenant, case_id)
+
+    statement = f"UPDATE cases SET {change} WHERE case_id = :c"
+    assert await _refused(app_engine, tenant, statement, c=case_id) == "VGFE1"
