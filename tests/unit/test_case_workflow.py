@@ -295,6 +295,9 @@ def test_queues_route_by_typology_then_band_then_default() -> None:
         ({"queues": [{"name": "Bad Name"}]}, "queues.0"),
         ({"queues": [{"name": "q", "bands": ["severe"]}]}, "queues.0.bands"),
         ({"colour": "red"}, "colour"),
+        ({"queues": [{"name": "q", "typologies": ["x"] * 101}]}, "queues.0.typologies"),
+        ({"queues": [{"name": "q", "typologies": ["mule\x00"]}]}, "queues.0.typologies"),
+        ({"queues": [{"name": "q", "typologies": [""]}]}, "queues.0.typologies"),
     ],
 )
 def test_a_bad_policy_is_refused_naming_its_field(document: dict[str, object], field: str) -> None:
