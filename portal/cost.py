@@ -29,6 +29,7 @@ from graphql import (
     get_named_type,
     value_from_ast,
 )
+from graphql.execution.values import get_variable_values
 from strawberry.extensions import SchemaExtension
 
 from adapters.read_store import MAX_PAGE
@@ -77,12 +78,16 @@ def document_cost(
         for item in operations
         if operation_name is None or (item.name is not None and item.name.value == operation_name)
     ]
-    total = 0
-    for operation in chosen[:1]:
+    costs = [0]
+    for operation in chosen:
         root = schema.get_root_type(operation.operation)
-        if root is not None:
-            total += _cost(operation.selection_set, root, 1, fragments, variables, schema, set())
-    return total
+        # The variables as the operation will see them, with its defaults filled in.
+        values = get_variable_values(schema, operation.variable_definitions or (), dict(variables))
+        if root is not None and not isinstance(values, list):  # a list: its errors
+            coerced = values.coerced
+            costs.append(_cost(operation.selection_set, root, 1, fragments, coerced, schema, set()))
+    # Without an operation name the document runs one operation: count the dearest.
+    return max(costs)
 
 
 def _cost(

@@ -49,6 +49,11 @@ ABUSE = {
         query($n: Int!) { cases(first: $n) { edges { node { ...S } } } }
         fragment S on Case { subject { assessments(first: $n) { edges { node { id } } } } }
     """,
+    "nested pages multiplied by a variable's default": """
+        query($n: Int! = 100) {
+          cases(first: $n) { edges { node { subject { events(first: $n) { edges { cursor } } } } } }
+        }
+    """,
     "a thousand aliased pages": "{ "
     + " ".join(f"p{i}: cases(first: 100) {{ edges {{ cursor }} }}" for i in range(1000))
     + " }",
