@@ -50,8 +50,8 @@ ABUSE = {
         fragment S on Case { subject { assessments(first: $n) { edges { node { id } } } } }
     """,
     "nested pages multiplied by a variable's default": """
-        query($n: Int! = 100) {
-          cases(first: $n) { edges { node { subject { events(first: $n) { edges { cursor } } } } } }
+        query($m: Int! = 100) {
+          cases(first: $m) { edges { node { subject { events(first: $m) { edges { cursor } } } } } }
         }
     """,
     "a thousand aliased pages": "{ "
