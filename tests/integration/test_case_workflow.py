@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -13,6 +14,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from adapters.database import sqlstate
+from domain import case_workflow as wf
 from domain.case_workflow import ANALYST, SUPERVISOR, Actor
 from domain.cases import CaseStatus, Disposition
 from domain.errors import (
@@ -337,6 +339,37 @@ async def test_an_sla_breach_is_flagged_and_emitted_once_with_two_sweepers_at_on
         t=tenant,
     )
     assert {row.case_id for row in flagged} == set(due[:3])
+
+
+async def test_a_step_taken_while_the_sweeper_runs_keeps_the_case_s_sla_flag(
+    uow_factory: Any, owner_engine: AsyncEngine, tenant: uuid.UUID, transaction_event: Any
+) -> None:
+    """The flag changes no version, so a step that read the case before it was flagged
+    and saved every column after would clear it; the next sweep would flag and emit the
+    breach a second time."""
+    (case_id,) = await open_cases(uow_factory, tenant, transaction_event, 1)
+    await as_owner(
+        owner_engine,
+        "UPDATE cases SET sla_due_at = now() - interval '1 minute' WHERE case_id = :c",
+        c=case_id,
+    )
+
+    async with uow_factory(tenant) as uow:
+        case = await uow.cases.get(case_id)
+        assert case is not None
+        flagged_meanwhile = await svc.flag_sla_breaches(uow_factory, tenant)
+        claimed = wf.claim(case, ALICE, case.version)
+        assert await uow.cases.save(claimed, case.version, datetime.now(UTC))
+        await uow.commit()
+    flagged_after = await svc.flag_sla_breaches(uow_factory, tenant)
+
+    assert flagged_meanwhile + flagged_after == 1
+    assert (await outbox_types(owner_engine, tenant)).count("case.sla_breached") == 1
+    (row,) = await as_owner(
+        owner_engine, "SELECT sla_breached_at, status FROM cases WHERE case_id = :c", c=case_id
+    )
+    assert row.sla_breached_at is not None
+    assert row.status == "in_review"
 
 
 async def test_a_retried_client_mutation_id_gets_the_first_answer_and_acts_once(
