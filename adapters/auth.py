@@ -69,7 +69,8 @@ def mint_token(
     lifetime: timedelta = timedelta(hours=8),
 ) -> str:
     """A token signed with the shared secret (HS256, for local use); raise ValueError for
-    a lifetime the portal would refuse."""
+    a lifetime or a subject the portal would refuse."""
+    _subject(subject)
     longest = timedelta(hours=settings.jwt_max_lifetime_hours)
     if lifetime > longest:
         raise ValueError(f"a token lives at most {longest} (jwt_max_lifetime_hours)")

@@ -145,3 +145,8 @@ def test_a_subject_in_a_spelling_we_would_not_record_is_refused(sub: str) -> Non
     one person for two, in the review's four eyes and its history."""
     with pytest.raises(InvalidToken):
         verify_token(SETTINGS, _signed(sub=sub))
+
+
+def test_a_subject_the_portal_would_refuse_is_not_minted() -> None:
+    with pytest.raises(ValueError, match="sub"):
+        mint_token(SETTINGS, subject=" alice", tenant_id=TENANT, roles=[Role.ANALYST])
