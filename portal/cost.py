@@ -11,6 +11,7 @@ Twenty aliased pages of 100 cases (the alias limit times the largest page) still
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from graphql import ExecutionResult as GraphQLExecutionResult
@@ -84,81 +85,64 @@ def document_cost(
         # The variables as the operation will see them, with its defaults filled in.
         values = get_variable_values(schema, operation.variable_definitions or (), dict(variables))
         if root is not None and not isinstance(values, list):  # a list: its errors
-            coerced = values.coerced
-            costs.append(_cost(operation.selection_set, root, 1, fragments, coerced, schema, set()))
+            walk = _Walk(schema, fragments, values.coerced)
+            costs.append(walk.cost(operation.selection_set, root, 1, frozenset()))
     # Without an operation name the document runs one operation: count the dearest.
     return max(costs)
 
 
-def _cost(
-    selections: SelectionSetNode | None,
-    parent: GraphQLNamedType,
-    multiplier: int,
-    fragments: Mapping[str, FragmentDefinitionNode],
-    variables: Mapping[str, Any],
-    schema: GraphQLSchema,
-    seen: set[str],
-) -> int:
-    if selections is None:
-        return 0
-    total = 0
-    for selection in selections.selections:
-        if isinstance(selection, FieldNode):
-            total += _field_cost(selection, parent, multiplier, fragments, variables, schema, seen)
-        elif isinstance(selection, InlineFragmentNode):
-            condition = (
-                schema.get_type(selection.type_condition.name.value)
-                if selection.type_condition
-                else parent
-            )
-            total += _cost(
-                selection.selection_set,
-                condition or parent,
-                multiplier,
-                fragments,
-                variables,
-                schema,
-                seen,
-            )
-        elif isinstance(selection, FragmentSpreadNode):
-            name = selection.name.value
-            fragment = fragments.get(name)
-            if fragment is None or name in seen:
+@dataclass(frozen=True, slots=True)
+class _Walk:
+    """One operation's selections, walked with its fragments and variables."""
+
+    schema: GraphQLSchema
+    fragments: Mapping[str, FragmentDefinitionNode]
+    variables: Mapping[str, Any]
+
+    def cost(
+        self,
+        selections: SelectionSetNode | None,
+        parent: GraphQLNamedType,
+        multiplier: int,
+        seen: frozenset[str],
+    ) -> int:
+        """The nodes the connections under ``selections`` may return, each counted
+        ``multiplier`` times (the product of the pages around them)."""
+        if selections is None:
+            return 0
+        total = 0
+        for selection in selections.selections:
+            if isinstance(selection, FieldNode):
+                total += self._field(selection, parent, multiplier, seen)
                 continue
-            condition = schema.get_type(fragment.type_condition.name.value)
-            total += _cost(
-                fragment.selection_set,
-                condition or parent,
-                multiplier,
-                fragments,
-                variables,
-                schema,
-                seen | {name},
-            )
-    return total
+            within = seen
+            if isinstance(selection, InlineFragmentNode):
+                inner, condition = selection.selection_set, selection.type_condition
+            elif isinstance(selection, FragmentSpreadNode):
+                fragment = self.fragments.get(selection.name.value)
+                if fragment is None or selection.name.value in seen:
+                    continue  # a fragment spread inside itself is refused by validation
+                within = seen | {selection.name.value}
+                inner, condition = fragment.selection_set, fragment.type_condition
+            else:
+                continue
+            typed = self.schema.get_type(condition.name.value) if condition else None
+            total += self.cost(inner, typed or parent, multiplier, within)
+        return total
 
-
-def _field_cost(
-    node: FieldNode,
-    parent: GraphQLNamedType,
-    multiplier: int,
-    fragments: Mapping[str, FragmentDefinitionNode],
-    variables: Mapping[str, Any],
-    schema: GraphQLSchema,
-    seen: set[str],
-) -> int:
-    if not isinstance(parent, GraphQLObjectType | GraphQLInterfaceType):
-        return 0
-    definition = parent.fields.get(node.name.value)
-    if definition is None:
-        return 0
-    returned = get_named_type(definition.type)
-    inner = multiplier
-    own = 0
-    if returned.name.endswith(CONNECTION_SUFFIX):
-        inner = multiplier * _first(node, definition.args.get("first"), variables)
-        own = inner
-    return own + _cost(node.selection_set, returned, inner, fragments, variables, schema, seen)
+    def _field(
+        self, node: FieldNode, parent: GraphQLNamedType, multiplier: int, seen: frozenset[str]
+    ) -> int:
+        if not isinstance(parent, GraphQLObjectType | GraphQLInterfaceType):
+            return 0
+        definition = parent.fields.get(node.name.value)
+        if definition is None:
+            return 0
+        returned = get_named_type(definition.type)
+        if not returned.name.endswith(CONNECTION_SUFFIX):
+            return self.cost(node.selection_set, returned, multiplier, seen)
+        inner = multiplier * _first(node, definition.args.get("first"), self.variables)
+        return inner + self.cost(node.selection_set, returned, inner, seen)
 
 
 def _first(node: FieldNode, argument: Any, variables: Mapping[str, Any]) -> int:

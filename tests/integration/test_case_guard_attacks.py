@@ -7,33 +7,22 @@ import uuid
 from typing import Any
 
 import pytest
-from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from adapters.database import sqlstate
 from domain.cases import Disposition
 from services import cases as svc
-from tests.integration.case_support import analyst, close_case, command, open_cases
+from tests.integration.case_support import analyst, as_app, close_case, command, open_cases
 
 ALICE = analyst("alice")
-
-
-async def _as_app(
-    app_engine: AsyncEngine, tenant: uuid.UUID, statement: str, **values: Any
-) -> None:
-    async with app_engine.connect() as connection, connection.begin():
-        await connection.execute(
-            text("SELECT set_config('vigil.tenant_id', :t, true)"), {"t": str(tenant)}
-        )
-        await connection.execute(text(statement), values)
 
 
 async def _refused(
     app_engine: AsyncEngine, tenant: uuid.UUID, statement: str, **values: Any
 ) -> str:
     with pytest.raises(DBAPIError) as refused:
-        await _as_app(app_engine, tenant, statement, **values)
+        await as_app(app_engine, tenant, statement, **values)
     return str(sqlstate(refused.value))
 
 

@@ -29,6 +29,7 @@ from services.case_steps import StepResult
 from services.cases import EvidenceRef
 from tests.integration.case_support import (
     analyst,
+    as_app,
     as_owner,
     audit_of_case,
     command,
@@ -209,16 +210,6 @@ async def test_the_proposer_cannot_approve_even_holding_both_roles(
         )
 
 
-async def _as_app(
-    app_engine: AsyncEngine, tenant: uuid.UUID, statement: str, **values: Any
-) -> None:
-    async with app_engine.connect() as connection, connection.begin():
-        await connection.execute(
-            text("SELECT set_config('vigil.tenant_id', :t, true)"), {"t": str(tenant)}
-        )
-        await connection.execute(text(statement), values)
-
-
 CLOSE = (
     "UPDATE cases SET status = 'closed', decision = 'approved', decided_by = :who,"
     " decided_roles = :roles, decided_at = now(), closed_at = now() WHERE case_id = :c"
@@ -234,12 +225,12 @@ async def test_the_database_refuses_an_approval_by_the_proposer_from_the_app_rol
     refusals = []
     for who, roles in (("alice", ["supervisor"]), ("mallory", ["analyst"]), ("mallory", [])):
         with pytest.raises(DBAPIError) as refused:
-            await _as_app(app_engine, tenant, CLOSE, who=who, roles=roles, c=case_id)
+            await as_app(app_engine, tenant, CLOSE, who=who, roles=roles, c=case_id)
         refusals.append(sqlstate(refused.value))
     assert refusals == ["VGFE1"] * 3
 
     # A supervisor other than the proposer passes the same guard.
-    await _as_app(app_engine, tenant, CLOSE, who="bob", roles=["supervisor"], c=case_id)
+    await as_app(app_engine, tenant, CLOSE, who="bob", roles=["supervisor"], c=case_id)
 
 
 async def test_the_database_refuses_a_transition_outside_the_table_and_closing_alone(
@@ -247,7 +238,7 @@ async def test_the_database_refuses_a_transition_outside_the_table_and_closing_a
 ) -> None:
     (case_id,) = await open_cases(uow_factory, tenant, transaction_event, 1)
     with pytest.raises(DBAPIError) as refused:
-        await _as_app(app_engine, tenant, CLOSE, who="bob", roles=["supervisor"], c=case_id)
+        await as_app(app_engine, tenant, CLOSE, who="bob", roles=["supervisor"], c=case_id)
     assert sqlstate(refused.value) == "VGTR1"
 
     await svc.claim_case(uow_factory, command(tenant, ALICE, case_id, 1))
@@ -258,7 +249,7 @@ async def test_the_database_refuses_a_transition_outside_the_table_and_closing_a
         " band = 'low' WHERE case_id = :c"
     )
     with pytest.raises(DBAPIError) as refused:
-        await _as_app(app_engine, tenant, alone, c=case_id)
+        await as_app(app_engine, tenant, alone, c=case_id)
     assert sqlstate(refused.value) == "VGFE1"
 
 
@@ -312,7 +303,7 @@ async def test_comments_and_evidence_cannot_be_changed_only_versioned(
         "DELETE FROM case_transitions WHERE case_id = :c",
     ):
         with pytest.raises(DBAPIError) as refused:
-            await _as_app(app_engine, tenant, statement, c=case_id)
+            await as_app(app_engine, tenant, statement, c=case_id)
         assert sqlstate(refused.value) == "42501", statement
 
 
