@@ -74,8 +74,18 @@ def _work_queue_arguments(names: Names, dead_key: str) -> dict[str, Any]:
     }
 
 
-async def connect(url: str, *, name: str) -> AbstractRobustConnection:
-    return await aio_pika.connect_robust(url, client_properties={"connection_name": name})
+async def connect(
+    url: str, *, name: str, reconnect_seconds: float | None = None
+) -> AbstractRobustConnection:
+    """A connection that comes back by itself, every ``reconnect_seconds`` (aio-pika's 5
+    unless given) after a loss."""
+    options: dict[str, Any] = {}
+    if reconnect_seconds is not None:
+        options["reconnect_interval"] = reconnect_seconds
+    connection: AbstractRobustConnection = await aio_pika.connect_robust(
+        url, client_properties={"connection_name": name}, **options
+    )
+    return connection
 
 
 async def declare_topology(channel: AbstractChannel, names: Names) -> AbstractExchange:

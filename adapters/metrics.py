@@ -1,19 +1,39 @@
 """Prometheus metrics. Every process registers in the default registry; the portal
-serves them at ``/metrics`` and the background processes on their own port."""
+serves them at ``/metrics`` and the background processes on their own port.
+
+A portal with several worker processes runs prometheus_client's multiprocess mode: the
+supervisor names a fresh directory in :data:`MULTIPROCESS_DIRECTORY` before it starts
+the workers, each worker writes its samples to files there, and ``/metrics`` (whichever
+worker answers) adds up every worker's counters and histograms. The outbox gauges are
+read from the database by the worker that answers, so the most recent value is shown.
+"""
 
 from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
+
+# prometheus_client's own setting: set, it keeps samples in files in that directory.
+MULTIPROCESS_DIRECTORY = "PROMETHEUS_MULTIPROC_DIR"
 
 EVENTS_INGESTED = Counter(
     "vigil_events_ingested_total",
     "Events answered at a door in, by door and outcome.",
     ["door", "outcome"],
 )
-OUTBOX_PENDING = Gauge("vigil_outbox_pending", "Outbox messages waiting to be published.")
-OUTBOX_PARKED = Gauge("vigil_outbox_parked", "Outbox messages parked after too many failures.")
+OUTBOX_PENDING = Gauge(
+    "vigil_outbox_pending",
+    "Outbox messages waiting to be published.",
+    multiprocess_mode="mostrecent",
+)
+OUTBOX_PARKED = Gauge(
+    "vigil_outbox_parked",
+    "Outbox messages parked after too many failures.",
+    multiprocess_mode="mostrecent",
+)
 OUTBOX_OLDEST_AGE = Gauge(
-    "vigil_outbox_oldest_pending_seconds", "Age of the oldest message waiting to be published."
+    "vigil_outbox_oldest_pending_seconds",
+    "Age of the oldest message waiting to be published.",
+    multiprocess_mode="mostrecent",
 )
 RELAY_PUBLISHED = Counter(
     "vigil_relay_publish_total",

@@ -46,11 +46,23 @@ class Settings(BaseSettings):
 
     portal_host: str = "127.0.0.1"
     portal_port: int = Field(8000, ge=1, le=65535)
+    # Worker processes serving the portal's socket; each has its own database pool.
+    portal_workers: int = Field(1, ge=1, le=32)
     max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024)
     # GraphQL requests per tenant per window, shared by all replicas (in Redis); 0 turns
     # the limit off.
     rate_limit_requests: int = Field(1200, ge=0)
     rate_limit_window_seconds: float = Field(60.0, gt=0, le=3600)
+    # Live review queues: each subscriber holds at most live_buffer_size changes (past
+    # that it is sent a resync); a reconnecting one is sent at most live_catch_up_limit
+    # missed changes; every live_poll_seconds the portal looks for changes whose
+    # message it may have missed (a broker outage drops its queue).
+    live_buffer_size: int = Field(256, ge=1, le=10_000)
+    live_catch_up_limit: int = Field(1000, ge=1, le=10_000)
+    live_poll_seconds: float = Field(10.0, gt=0, le=3600)
+    # Subscriptions one portal process serves at most; past it a new one is answered
+    # UNAVAILABLE (run another replica).
+    live_max_subscribers: int = Field(5000, ge=1, le=1_000_000)
 
     relay_batch_size: int = Field(200, ge=1, le=5000)
     relay_concurrency: int = Field(2, ge=1, le=16)

@@ -11,6 +11,7 @@ from sqlalchemy import (
     LargeBinary,
     MetaData,
     Numeric,
+    SmallInteger,
     String,
     Table,
     Text,
@@ -111,6 +112,7 @@ audit_records = Table(
     Column("details", JSONB, nullable=False),
     Column("prev_hash", LargeBinary, nullable=False),
     Column("hash", LargeBinary, nullable=False),
+    Column("hash_scheme", SmallInteger, nullable=False),
 )
 
 audit_heads = Table(

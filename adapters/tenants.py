@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime
 
-from sqlalchemy import select
+from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from adapters import tables
-from domain.audit import GENESIS, AuditEntry, seal
+from adapters import audit_trail, tables
+from domain.audit import AuditEntry
 from domain.ids import new_id
+
+_SET_TENANT = text("SELECT set_config('vigil.tenant_id', :tenant, true)")
 
 
 async def create_tenant(owner_engine: AsyncEngine, slug: str, name: str) -> uuid.UUID:
@@ -25,34 +26,14 @@ async def create_tenant(owner_engine: AsyncEngine, slug: str, name: str) -> uuid
         correlation_id=None,
         details={"slug": slug, "name": name},
     )
-    (record,) = seal(
-        tenant_id, [entry], last_seq=0, last_hash=GENESIS, recorded_at=datetime.now(UTC)
-    )
     async with owner_engine.begin() as connection:
+        await connection.execute(_SET_TENANT, {"tenant": str(tenant_id)})
         await connection.execute(
             tables.tenants.insert().values(tenant_id=tenant_id, slug=slug, name=name)
         )
-        await connection.execute(
-            tables.audit_records.insert().values(
-                tenant_id=tenant_id,
-                seq=record.seq,
-                record_id=entry.record_id,
-                recorded_at=record.recorded_at,
-                actor=entry.actor,
-                action=entry.action,
-                entity_type=entry.entity_type,
-                entity_id=entry.entity_id,
-                correlation_id=None,
-                details=dict(entry.details),
-                prev_hash=record.prev_hash,
-                hash=record.hash,
-            )
-        )
-        await connection.execute(
-            tables.audit_heads.insert().values(
-                tenant_id=tenant_id, last_seq=record.seq, last_hash=record.hash
-            )
-        )
+        # The head starts at the genesis (the column defaults); sealing moves it.
+        await connection.execute(tables.audit_heads.insert().values(tenant_id=tenant_id))
+        await audit_trail.append(connection, [entry])
     return tenant_id
 
 

@@ -9,22 +9,24 @@ last, for as short a time as possible.
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any, Self
 
-from sqlalchemy import case, func, select, text, update
+from sqlalchemy import select, text
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from adapters import tables
+from adapters import audit_trail, tables
+from adapters.case_feed import SqlCaseFeed
 from adapters.case_store import SqlCaseStore
 from adapters.database import sqlstate, translate_errors
 from adapters.scoring_store import SqlScoringStore
-from domain.audit import AuditEntry, seal
+from domain.audit import AuditEntry
 from domain.errors import UnknownTenant
 from domain.events import SubjectFacts, SubjectKind, SubjectRef
 from domain.ids import new_id
@@ -33,33 +35,59 @@ from domain.ports import KnownEvent, NewEvent
 
 _SET_TENANT = text("SELECT set_config('vigil.tenant_id', :tenant, true)")
 
-# Statements are built once and executed with a list of rows: SQLAlchemy then caches
-# their compiled form and sends the rows in multi-row batches, where a statement built
-# with .values(rows) would be compiled anew for every batch.
-_INSERT_EVENTS = (
-    insert(tables.events)
-    .on_conflict_do_nothing(index_elements=["tenant_id", "idempotency_key"])
-    .returning(tables.events.c.idempotency_key)
-)
-_SUBJECT_ROWS = insert(tables.subjects)
+# Rows are sent as one array per column and unpacked with unnest(): asyncpg encodes the
+# arrays in C, so a batch costs one statement and little Python, where a multi-row
+# VALUES list had SQLAlchemy render and process every parameter of every row. The
+# statements are built once, so their compiled form is cached.
+_INSERT_EVENTS = text("""
+INSERT INTO events (tenant_id, event_id, idempotency_key, event_type, occurred_at,
+    received_at, subject_id, counterparty_id, amount, currency, payload, payload_hash, door,
+    actor, correlation_id)
+SELECT :tenant_id, e.event_id, e.idempotency_key, e.event_type, e.occurred_at, :received_at,
+    e.subject_id, e.counterparty_id, e.amount, e.currency, e.payload, e.payload_hash, :door,
+    :actor, :correlation_id
+FROM unnest(CAST(:event_ids AS uuid[]), CAST(:keys AS text[]), CAST(:types AS text[]),
+    CAST(:occurred AS timestamptz[]), CAST(:subject_ids AS uuid[]),
+    CAST(:counterparty_ids AS uuid[]), CAST(:amounts AS numeric[]),
+    CAST(:currencies AS text[]), CAST(:payloads AS jsonb[]), CAST(:hashes AS bytea[]))
+    AS e(event_id, idempotency_key, event_type, occurred_at, subject_id, counterparty_id,
+         amount, currency, payload, payload_hash)
+ON CONFLICT (tenant_id, idempotency_key) DO NOTHING
+RETURNING idempotency_key
+""")
+
 # DO UPDATE (not DO NOTHING) so that the row stays locked until commit: writers of one
-# subject are serialised, which keeps its outbox messages in commit order.
-_NEWER = _SUBJECT_ROWS.excluded.attributes_at >= tables.subjects.c.attributes_at
-_UPSERT_SUBJECTS = _SUBJECT_ROWS.on_conflict_do_update(
-    index_elements=["tenant_id", "kind", "external_ref"],
-    set_={
-        # What the newer of the two says wins; the older only fills gaps. A late or
-        # replayed event cannot clear, say, a sanctions hit reported after it.
-        "attributes": case(
-            (_NEWER, tables.subjects.c.attributes.op("||")(_SUBJECT_ROWS.excluded.attributes)),
-            else_=_SUBJECT_ROWS.excluded.attributes.op("||")(tables.subjects.c.attributes),
-        ),
-        "attributes_at": func.greatest(
-            tables.subjects.c.attributes_at, _SUBJECT_ROWS.excluded.attributes_at
-        ),
-        "updated_at": _SUBJECT_ROWS.excluded.updated_at,
-    },
-).returning(tables.subjects.c.subject_id, tables.subjects.c.kind, tables.subjects.c.external_ref)
+# subject are serialised, which keeps its outbox messages in commit order. What the
+# newer of the two says wins; the older only fills gaps. A late or replayed event cannot
+# clear, say, a sanctions hit reported after it.
+_UPSERT_SUBJECTS = text("""
+INSERT INTO subjects AS s (tenant_id, subject_id, kind, external_ref, attributes,
+    attributes_at, created_at, updated_at)
+SELECT :tenant_id, f.subject_id, f.kind, f.external_ref, f.attributes, f.attributes_at,
+    :now, :now
+FROM unnest(CAST(:subject_ids AS uuid[]), CAST(:kinds AS text[]), CAST(:refs AS text[]),
+    CAST(:attributes AS jsonb[]), CAST(:attributes_at AS timestamptz[]))
+    AS f(subject_id, kind, external_ref, attributes, attributes_at)
+ON CONFLICT (tenant_id, kind, external_ref) DO UPDATE SET
+    attributes = CASE WHEN excluded.attributes_at >= s.attributes_at
+                      THEN s.attributes || excluded.attributes
+                      ELSE excluded.attributes || s.attributes END,
+    attributes_at = greatest(s.attributes_at, excluded.attributes_at),
+    updated_at = excluded.updated_at
+RETURNING subject_id, kind, external_ref
+""")
+
+_OUTBOX_ROWS = """
+INSERT INTO outbox (tenant_id, message_id, ordering_key, message_type, envelope)
+SELECT :tenant_id, m.message_id, m.ordering_key, m.message_type, m.envelope
+FROM unnest(CAST(:message_ids AS uuid[]), CAST(:ordering_keys AS uuid[]),
+    CAST(:message_types AS text[]), CAST(:envelopes AS jsonb[]))
+    AS m(message_id, ordering_key, message_type, envelope)
+"""
+_INSERT_OUTBOX = text(_OUTBOX_ROWS)
+# The outbox rows and the audit records of a transaction in one round trip. The outbox
+# insert touches nothing the sealing reads, so the order of the two does not matter.
+_INSERT_OUTBOX_AND_SEAL = text(f"WITH outbox_rows AS ({_OUTBOX_ROWS}) {audit_trail.APPEND_SQL}")
 
 
 class SqlEventStore:
@@ -87,28 +115,32 @@ class SqlEventStore:
     async def insert(self, events: Sequence[NewEvent]) -> set[str]:
         if not events:
             return set()
-        rows = [
-            {
-                "tenant_id": self._tenant_id,
-                "event_id": event.event_id,
-                "idempotency_key": event.draft.idempotency_key,
-                "event_type": event.draft.event_type.value,
-                "occurred_at": event.draft.occurred_at,
-                "received_at": event.received_at,
-                "subject_id": event.subject_id,
-                "counterparty_id": event.counterparty_id,
-                "amount": event.draft.amount,
-                "currency": event.draft.currency,
-                "payload": dict(event.draft.payload),
-                "payload_hash": event.draft.payload_hash,
-                "door": event.door,
-                "actor": event.actor,
-                "correlation_id": event.correlation_id,
-            }
+        first = events[0]
+        if any(
+            (event.received_at, event.door, event.actor, event.correlation_id)
+            != (first.received_at, first.door, first.actor, first.correlation_id)
             for event in events
-        ]
+        ):
+            raise ValueError("the events of one insert come from one caller at one moment")
+        parameters = {
+            "tenant_id": self._tenant_id,
+            "received_at": first.received_at,
+            "door": first.door,
+            "actor": first.actor,
+            "correlation_id": first.correlation_id,
+            "event_ids": [event.event_id for event in events],
+            "keys": [event.draft.idempotency_key for event in events],
+            "types": [event.draft.event_type.value for event in events],
+            "occurred": [event.draft.occurred_at for event in events],
+            "subject_ids": [event.subject_id for event in events],
+            "counterparty_ids": [event.counterparty_id for event in events],
+            "amounts": [event.draft.amount for event in events],
+            "currencies": [event.draft.currency for event in events],
+            "payloads": [json.dumps(dict(event.draft.payload)) for event in events],
+            "hashes": [event.draft.payload_hash for event in events],
+        }
         with translate_errors():
-            result = await self._connection.execute(_INSERT_EVENTS, rows)
+            result = await self._connection.execute(_INSERT_EVENTS, parameters)
         return {row.idempotency_key for row in result}
 
 
@@ -121,22 +153,18 @@ class SqlSubjectStore:
         if not facts:
             return {}
         now = datetime.now(UTC)
-        rows = [
-            {
-                "tenant_id": self._tenant_id,
-                "subject_id": new_id(),
-                "kind": fact.subject.kind.value,
-                "external_ref": fact.subject.ref,
-                "attributes": dict(fact.attributes),
-                "attributes_at": fact.as_of or now,
-                "created_at": now,
-                "updated_at": now,
-            }
-            for fact in facts
-        ]
+        parameters = {
+            "tenant_id": self._tenant_id,
+            "now": now,
+            "subject_ids": [new_id() for _ in facts],
+            "kinds": [fact.subject.kind.value for fact in facts],
+            "refs": [fact.subject.ref for fact in facts],
+            "attributes": [json.dumps(dict(fact.attributes)) for fact in facts],
+            "attributes_at": [fact.as_of or now for fact in facts],
+        }
         try:
             with translate_errors():
-                result = await self._connection.execute(_UPSERT_SUBJECTS, rows)
+                result = await self._connection.execute(_UPSERT_SUBJECTS, parameters)
         except IntegrityError as error:
             if sqlstate(error) == "23503":
                 raise UnknownTenant("no such tenant") from error
@@ -192,6 +220,7 @@ class SqlUnitOfWork:
         self.inbox = SqlInbox(self._connection, self.tenant_id)
         self.scoring = SqlScoringStore(self._connection, self.tenant_id)
         self.cases = SqlCaseStore(self._connection, self.tenant_id)
+        self.case_feed = SqlCaseFeed(self._connection, self.tenant_id)
         return self
 
     async def __aexit__(
@@ -217,71 +246,36 @@ class SqlUnitOfWork:
 
     async def commit(self) -> None:
         with translate_errors():
-            await self._write_outbox()
-            await self._write_audit()
+            await self._write_outbox_and_audit()
             await self.connection.commit()
         self._committed = True
 
-    async def _write_outbox(self) -> None:
-        if not self._messages:
-            return
-        rows: list[dict[str, Any]] = [
-            {
-                "tenant_id": self.tenant_id,
-                "message_id": message.message_id,
-                "ordering_key": message.ordering_key,
-                "message_type": message.message_type,
-                "envelope": cloud_event(self.tenant_id, message),
-            }
-            for message in self._messages
-        ]
-        await self.connection.execute(insert(tables.outbox), rows)
-
-    async def _write_audit(self) -> None:
-        if not self._entries:
-            return
-        heads = tables.audit_heads
-        head = (
-            await self.connection.execute(
-                select(heads.c.last_seq, heads.c.last_hash)
-                .where(heads.c.tenant_id == self.tenant_id)
-                .with_for_update()
-            )
-        ).first()
-        if head is None:
-            raise UnknownTenant("no such tenant")
-        records = seal(
-            self.tenant_id,
-            self._entries,
-            last_seq=head.last_seq,
-            last_hash=bytes(head.last_hash),
-            recorded_at=datetime.now(UTC),
-        )
-        await self.connection.execute(
-            insert(tables.audit_records),
-            [
-                {
-                    "tenant_id": record.tenant_id,
-                    "seq": record.seq,
-                    "record_id": record.entry.record_id,
-                    "recorded_at": record.recorded_at,
-                    "actor": record.entry.actor,
-                    "action": record.entry.action,
-                    "entity_type": record.entry.entity_type,
-                    "entity_id": record.entry.entity_id,
-                    "correlation_id": record.entry.correlation_id,
-                    "details": dict(record.entry.details),
-                    "prev_hash": record.prev_hash,
-                    "hash": record.hash,
-                }
-                for record in records
+    async def _write_outbox_and_audit(self) -> None:
+        """One statement for both, the audit sealing last (it locks the chain head until
+        the commit)."""
+        messages: dict[str, Any] = {
+            "tenant_id": self.tenant_id,
+            "message_ids": [message.message_id for message in self._messages],
+            "ordering_keys": [message.ordering_key for message in self._messages],
+            "message_types": [message.message_type for message in self._messages],
+            "envelopes": [
+                json.dumps(cloud_event(self.tenant_id, message)) for message in self._messages
             ],
-        )
-        await self.connection.execute(
-            update(heads)
-            .where(heads.c.tenant_id == self.tenant_id)
-            .values(last_seq=records[-1].seq, last_hash=records[-1].hash)
-        )
+        }
+        if not self._entries:
+            if self._messages:
+                await self.connection.execute(_INSERT_OUTBOX, messages)
+            return
+        entries = audit_trail.append_parameters(self._entries)
+        try:
+            if self._messages:
+                await self.connection.execute(_INSERT_OUTBOX_AND_SEAL, {**messages, **entries})
+            else:
+                await audit_trail.append(self.connection, self._entries)
+        except IntegrityError as error:
+            if sqlstate(error) == "23503":
+                raise UnknownTenant("no such tenant") from error
+            raise
 
 
 def unit_of_work_factory(engine: AsyncEngine) -> Any:

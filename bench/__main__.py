@@ -32,6 +32,9 @@ from bench import ingest, read, relay, scoring  # noqa: E402
 from vigil.processes import Processes, child_environment, wait_until_ready  # noqa: E402
 
 HEADER = ["what", "Vigil", "raw baseline", "ratio"]
+# The portal runs as it would in production on this machine: one worker per core. The
+# baseline gets as many connections as the portal has requests in flight.
+PORTAL_WORKERS = int(os.environ.get("VIGIL_PORTAL_WORKERS", str(os.cpu_count() or 1)))
 
 
 def _free_port() -> int:
@@ -76,38 +79,57 @@ async def _teardown() -> None:
 PARTS = ("ingest", "read", "relay", "scoring")
 
 
-def main(argv: list[str]) -> int:
+def main(argv: list[str] | None = None) -> int:
+    """Run every part, or only those named: ``python -m bench ingest relay``."""
     from vigil.cli import main as vigil
 
-    parts = argv or list(PARTS)
-    if unknown := set(parts) - set(PARTS):
-        raise SystemExit(f"unknown parts {sorted(unknown)}: choose among {', '.join(PARTS)}")
+    parts = argv if argv else list(PARTS)
+    unknown = set(parts) - set(PARTS)
+    if unknown:
+        print(f"unknown part(s): {', '.join(sorted(unknown))}; choose from {', '.join(PARTS)}")
+        return 2
+
     vigil(["migrate"])
     settings = get_settings()
     tenant_id = asyncio.run(_setup())
     port = _free_port()
     base_url = f"http://127.0.0.1:{port}"
     processes = Processes(
-        # The benchmark is one tenant sending as fast as it can: no rate limit.
         child_environment(
-            VIGIL_PORTAL_PORT=str(port), VIGIL_ENVIRONMENT="test", VIGIL_RATE_LIMIT_REQUESTS="0"
+            VIGIL_PORTAL_PORT=str(port),
+            VIGIL_ENVIRONMENT="test",
+            VIGIL_PORTAL_WORKERS=str(PORTAL_WORKERS),
+            # Enough idle connections for the most requests in flight, spread over the
+            # workers; the database server is shared, and the baseline opens its own.
+            VIGIL_DATABASE_POOL_SIZE=str(
+                -(-max(ingest.MAX_IN_FLIGHT, read.CLIENTS) // PORTAL_WORKERS)
+            ),
+            # The benchmark is one tenant sending as fast as it can: no rate limit.
+            VIGIL_RATE_LIMIT_REQUESTS="0",
         ),
         Path(".cache/bench-logs"),
     )
     rows: list[list[str]] = []
+
+    def add(new: list[list[str]]) -> None:
+        # Shown as soon as measured, so that a later part failing loses nothing.
+        for row in new:
+            print(" | ".join(row), flush=True)
+        rows.extend(new)
+
     try:
         if "ingest" in parts or "read" in parts:
             processes.start("portal")
             wait_until_ready(f"{base_url}/health/ready")
         if "ingest" in parts:
-            rows += asyncio.run(ingest.compare(settings, tenant_id, base_url))
+            add(asyncio.run(ingest.compare(settings, tenant_id, base_url, PORTAL_WORKERS)))
         if "read" in parts:
-            rows += asyncio.run(read.compare(settings, base_url))
+            add(asyncio.run(read.compare(settings, base_url)))
         processes.stop()
         if "relay" in parts:
-            rows += asyncio.run(relay.compare(settings, tenant_id))
+            add(asyncio.run(relay.compare(settings, tenant_id)))
         if "scoring" in parts:
-            rows += asyncio.run(scoring.compare(settings, tenant_id))
+            add(asyncio.run(scoring.compare(settings, tenant_id)))
     finally:
         processes.stop()
         asyncio.run(_teardown())

@@ -3,6 +3,12 @@
 Each record's hash covers its own canonical encoding and the previous record's hash, so
 changing, removing or reordering any record breaks every hash after it. The first record
 of a tenant links to :data:`GENESIS`.
+
+Two hash schemes exist, and a chain may hold records of both; each record says which
+one sealed it. Scheme 1 hashes :func:`~domain.canonical.canonical_bytes` of the body
+(records sealed in Python). Scheme 2 hashes the body, with ``hashScheme`` added, in
+PostgreSQL's jsonb text form (:func:`~domain.canonical.jsonb_text`), which the database
+computes itself when it seals a transaction's records in one statement.
 """
 
 from __future__ import annotations
@@ -14,10 +20,12 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from domain.canonical import canonical_bytes
+from domain.canonical import canonical_bytes, format_time, jsonb_text
 from domain.errors import AuditChainBroken
 
 GENESIS = bytes(32)
+SCHEMES = (1, 2)
+CURRENT_SCHEME = 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,12 +49,13 @@ class AuditRecord:
     entry: AuditEntry
     prev_hash: bytes
     hash: bytes
+    scheme: int = 1
 
 
 def record_body(
-    tenant_id: uuid.UUID, seq: int, recorded_at: datetime, entry: AuditEntry
+    tenant_id: uuid.UUID, seq: int, recorded_at: datetime, entry: AuditEntry, scheme: int = 1
 ) -> dict[str, Any]:
-    return {
+    body: dict[str, Any] = {
         "tenantId": tenant_id,
         "seq": seq,
         "recordId": entry.record_id,
@@ -58,10 +67,20 @@ def record_body(
         "correlationId": entry.correlation_id,
         "details": dict(entry.details),
     }
+    if scheme != 1:
+        body["hashScheme"] = scheme
+        body["recordedAt"] = format_time(recorded_at)
+    return body
 
 
-def chain_hash(prev_hash: bytes, body: Mapping[str, Any]) -> bytes:
-    return hashlib.sha256(prev_hash + canonical_bytes(body)).digest()
+def chain_hash(prev_hash: bytes, body: Mapping[str, Any], scheme: int = 1) -> bytes:
+    if scheme == 1:
+        encoded = canonical_bytes(body)
+    elif scheme == 2:
+        encoded = jsonb_text(body).encode("utf-8")
+    else:
+        raise ValueError(f"unknown audit hash scheme {scheme}")
+    return hashlib.sha256(prev_hash + encoded).digest()
 
 
 def seal(
@@ -71,14 +90,20 @@ def seal(
     last_seq: int,
     last_hash: bytes,
     recorded_at: datetime,
+    scheme: int = CURRENT_SCHEME,
 ) -> list[AuditRecord]:
-    """Place entries in the chain after the record ``last_seq`` whose hash is ``last_hash``."""
+    """Place entries in the chain after the record ``last_seq`` whose hash is ``last_hash``.
+
+    The database seals the records it stores (``vigil_append_audit``); this is the same
+    sealing for stores kept in memory, and the reference the database is tested against.
+    """
     records = []
     seq, prev = last_seq, last_hash
     for entry in entries:
         seq += 1
-        digest = chain_hash(prev, record_body(tenant_id, seq, recorded_at, entry))
-        records.append(AuditRecord(tenant_id, seq, recorded_at, entry, prev, digest))
+        body = record_body(tenant_id, seq, recorded_at, entry, scheme)
+        digest = chain_hash(prev, body, scheme)
+        records.append(AuditRecord(tenant_id, seq, recorded_at, entry, prev, digest, scheme))
         prev = digest
     return records
 
@@ -97,8 +122,12 @@ def verify_chain(
             raise AuditChainBroken(expected_seq, f"missing; found {record.seq} instead")
         if record.prev_hash != prev:
             raise AuditChainBroken(record.seq, "does not link to the record before it")
-        body = record_body(record.tenant_id, record.seq, record.recorded_at, record.entry)
-        if chain_hash(prev, body) != record.hash:
+        if record.scheme not in SCHEMES:
+            raise AuditChainBroken(record.seq, f"names an unknown hash scheme {record.scheme}")
+        body = record_body(
+            record.tenant_id, record.seq, record.recorded_at, record.entry, record.scheme
+        )
+        if chain_hash(prev, body, record.scheme) != record.hash:
             raise AuditChainBroken(record.seq, "its content does not match its hash")
         prev = record.hash
         expected_seq += 1

@@ -1,9 +1,15 @@
-"""One canonical byte encoding for hashing: the same record always gives the same bytes.
+"""Canonical byte encodings for hashing: the same record always gives the same bytes.
 
-JSON with sorted keys, no insignificant whitespace and UTF-8 text. Decimals are written
-as strings, times in UTC with microseconds and a ``Z``, UUIDs in their hyphenated form.
-Floats are refused: a binary float has no single decimal spelling, so it cannot be part
-of a record whose hash must be reproduced years later.
+:func:`canonical_bytes` is JSON with sorted keys, no insignificant whitespace and UTF-8
+text. :func:`jsonb_text` is the text form PostgreSQL gives a ``jsonb`` value, so that
+the database can hash a record it builds itself and Python can check that hash: keys
+ordered by their length in bytes and then bytewise, ``", "`` and ``": "`` between
+items, strings escaped as PostgreSQL escapes them (which is also how Python's ``json``
+escapes them when it leaves non-ASCII text alone).
+
+In both, decimals are written as strings, times in UTC with microseconds and a ``Z``,
+UUIDs in their hyphenated form. Floats are refused: a binary float has no single decimal
+spelling, so it cannot be part of a record whose hash must be reproduced years later.
 """
 
 from __future__ import annotations
@@ -56,3 +62,36 @@ def canonical_bytes(value: Mapping[str, Any]) -> bytes:
 
 def digest(value: Mapping[str, Any]) -> bytes:
     return hashlib.sha256(canonical_bytes(value)).digest()
+
+
+def plain_json(value: Mapping[str, Any]) -> str:
+    """``value`` as JSON text holding only what :func:`jsonb_text` reproduces: objects,
+    arrays, strings, integers, booleans and null (other values as :func:`canonical_bytes`
+    writes them)."""
+    _refuse_floats(value)
+    return json.dumps(value, default=_default, ensure_ascii=False)
+
+
+def jsonb_text(value: Any) -> str:
+    """The text PostgreSQL's ``jsonb_out`` writes for ``value`` once stored as jsonb."""
+    return _jsonb(json.loads(plain_json({"": value}))[""])
+
+
+def _jsonb(value: Any) -> str:
+    if isinstance(value, dict):
+        keys = sorted(value, key=lambda key: (len(key.encode("utf-8")), key.encode("utf-8")))
+        items = ", ".join(f"{_string(key)}: {_jsonb(value[key])}" for key in keys)
+        return "{" + items + "}"
+    if isinstance(value, list):
+        return "[" + ", ".join(_jsonb(item) for item in value) + "]"
+    if isinstance(value, str):
+        return _string(value)
+    if value is None or isinstance(value, bool | int):
+        return json.dumps(value)
+    raise TypeError(f"cannot encode {type(value).__name__} as jsonb text")
+
+
+def _string(value: str) -> str:
+    if "\x00" in value:
+        raise ValueError("jsonb cannot hold the character U+0000")
+    return json.dumps(value, ensure_ascii=False)

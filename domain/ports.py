@@ -20,6 +20,7 @@ from domain.case_workflow import Transition
 from domain.cases import Case
 from domain.events import EventDraft, SubjectFacts, SubjectRef
 from domain.messages import OutboxMessage
+from domain.review_queue import CaseFeed
 from domain.scoring import ScoringStore
 
 
@@ -130,6 +131,7 @@ class UnitOfWork(Protocol):
     inbox: Inbox
     scoring: ScoringStore
     cases: CaseStore
+    case_feed: CaseFeed
 
     async def __aenter__(self) -> Self: ...
 

@@ -6,10 +6,16 @@ application the ``vigil portal`` process serves.
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import signal
+import tempfile
+import threading
+import time
 import warnings
 from collections.abc import Callable
+from datetime import timedelta
 from functools import partial
 from types import FrameType
 from typing import NoReturn
@@ -19,6 +25,7 @@ from graphql import ASTValidationRule
 from litestar import Controller, Litestar
 from litestar.exceptions import LitestarDeprecationWarning
 from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
+from strawberry.exceptions import ConnectionRejectionError
 from strawberry.extensions import (
     AddValidationRules,
     DisableIntrospection,
@@ -29,17 +36,24 @@ from strawberry.extensions.base_extension import SchemaExtension
 from strawberry.extensions.max_aliases import create_validator as alias_limit
 from strawberry.extensions.query_depth_limiter import create_validator as depth_limit
 from strawberry.litestar import make_graphql_controller
+from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL
+from strawberry.types.unset import UNSET, UnsetType
+from uvicorn.supervisors import Multiprocess
 
+from adapters.logging import configure_logging
+from adapters.metrics import MULTIPROCESS_DIRECTORY
 from adapters.settings import Settings, get_settings
-from portal.auth import RequireAuthentication
+from portal.auth import RequireAuthentication, authenticate_connection
+from portal.bodies import refusal
 from portal.cost import ConnectionBudget
 from portal.errors import ErrorPolicy, Schema, internal_error
 from portal.health import live, ready
 from portal.metrics import metrics, start_ingest_counters
 from portal.read.reader import CloseReads
 from portal.requests import GRAPHQL_PATH, RequestContextMiddleware
-from portal.resources import lifespan
-from portal.schema import DOOR, Mutation, Query, context_of
+from portal.resources import lifespan, resources_of
+from portal.review_queue import Subscription
+from portal.schema import DOOR, Context, Mutation, Query, context_of
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +69,13 @@ LIMIT_RULES: list[type[ASTValidationRule]] = [
     alias_limit(MAX_ALIASES),
 ]
 SHUTDOWN_GRACE_SECONDS = 15
+# A WebSocket client sends small frames (connection_init, a subscription document);
+# uvicorn would accept 16 MiB.
+MAX_WEBSOCKET_FRAME_BYTES = 64 * 1024
+MAX_SUBSCRIPTIONS_PER_CONNECTION = 10
+CONNECTION_INIT_WAIT = timedelta(seconds=10)
+ORPHAN_CHECK_SECONDS = 1.0
+_SUPERVISOR = "VIGIL_PORTAL_SUPERVISOR_PID"
 MIN_SECRET_BYTES = 32
 
 
@@ -102,29 +123,59 @@ def build_schema(settings: Settings) -> Schema:
     ]
     if settings.production:
         extensions.append(DisableIntrospection)
-    return Schema(query=Query, mutation=Mutation, extensions=extensions)
+    return Schema(query=Query, mutation=Mutation, subscription=Subscription, extensions=extensions)
 
 
 def create_app(settings: Settings) -> Litestar:
     check_settings(settings)
     start_ingest_counters(DOOR)
-    graphql = make_graphql_controller(
+    base = make_graphql_controller(
         build_schema(settings),
         path=GRAPHQL_PATH,
         graphql_ide="graphiql" if settings.environment == "development" else None,
         # GET would let a link or an image tag run an operation with the caller's rights.
         allow_queries_via_get=False,
         context_getter=context_of,
-        # No subscriptions yet: a WebSocket handshake is closed as "not acceptable".
-        subscription_protocols=(),
+        # Subscriptions over graphql-transport-ws only: no legacy graphql-ws, and no
+        # multipart or SSE streams over HTTP.
+        subscription_protocols=(GRAPHQL_TRANSPORT_WS_PROTOCOL,),
+        connection_init_wait_timeout=CONNECTION_INIT_WAIT,
+        max_subscriptions_per_connection=MAX_SUBSCRIPTIONS_PER_CONNECTION,
     )
+
+    class GraphQLController(base):  # type: ignore[valid-type,misc]
+        async def on_ws_connect(self, context: Context) -> UnsetType | dict[str, object] | None:
+            """Verify the token of ``connection_init``; without a valid one the
+            connection is closed with 4403 before any operation runs."""
+            socket = context.websocket
+            if socket is None:
+                raise ConnectionRejectionError()
+            identity = authenticate_connection(
+                resources_of(socket.app.state).settings, context.connection_params
+            )
+            if identity.principal is None:
+                raise ConnectionRejectionError()
+            context.identity = identity
+            acknowledged: UnsetType = UNSET
+            return acknowledged
+
+        def decode_json(self, data: str | bytes) -> object:
+            """WebSocket frames (text) are held to the bounds of HTTP bodies, which
+            arrive as bytes and were checked by the middleware already; a frame
+            refused here closes the connection with 4400."""
+            if isinstance(data, str):
+                reason = refusal(data.encode())
+                if reason is not None:
+                    raise json.JSONDecodeError(reason, data, 0)
+            return super().decode_json(data)
+
     with warnings.catch_warnings():
         # TODO: drop once strawberry marks its controller's dependencies explicitly (it
         # must before Litestar 3.0, which stops inferring them); nothing of ours to change.
         warnings.filterwarnings(
             "ignore", r".*Inferred dependency field", category=LitestarDeprecationWarning
         )
-        return _litestar(settings, graphql)
+        return _litestar(settings, GraphQLController)
 
 
 def _litestar(settings: Settings, graphql: type[Controller]) -> Litestar:
@@ -146,29 +197,77 @@ def _stopped(signum: int, frame: FrameType | None) -> NoReturn:
     raise SystemExit(0)
 
 
-def run(host: str | None = None, port: int | None = None) -> None:
-    """Serve until SIGTERM or SIGINT, then finish the requests in flight and stop."""
+def run(host: str | None = None, port: int | None = None, workers: int | None = None) -> None:
+    """Serve until SIGTERM or SIGINT, then finish the requests in flight and stop.
+
+    With more than one worker (``--workers`` or ``VIGIL_PORTAL_WORKERS``), uvicorn's
+    supervisor binds the socket once and runs that many worker processes on it; on
+    SIGTERM or SIGINT it passes SIGTERM to each, each drains its requests in flight as a
+    single process does, and the supervisor exits once they all have. A worker that dies
+    is replaced. Metrics then come from every worker (see :mod:`portal.metrics`).
+    """
     settings = get_settings()
+    count = workers or settings.portal_workers
+    if count < 1:
+        raise SystemExit("vigil portal: --workers must be at least 1")
     try:
-        app = create_app(settings)
+        check_settings(settings)
     except InsecureSettings as error:
         log.critical("refusing to start", extra={"reason": str(error)})
         raise SystemExit(f"vigil portal: {error}") from error
 
-    server = uvicorn.Server(
-        uvicorn.Config(
-            app,
-            host=host or settings.portal_host,
-            port=port or settings.portal_port,
-            lifespan="on",
-            log_config=None,
-            access_log=False,
-            server_header=False,
-            timeout_graceful_shutdown=SHUTDOWN_GRACE_SECONDS,
-        )
+    config = partial(
+        uvicorn.Config,
+        host=host or settings.portal_host,
+        port=port or settings.portal_port,
+        lifespan="on",
+        log_config=None,
+        access_log=False,
+        server_header=False,
+        timeout_graceful_shutdown=SHUTDOWN_GRACE_SECONDS,
+        ws_max_size=MAX_WEBSOCKET_FRAME_BYTES,
     )
+    if count > 1:
+        _run_workers(config(f"{__name__}:worker_app", factory=True, workers=count))
+        return
+
+    server = uvicorn.Server(config(create_app(settings)))
     for stop in (signal.SIGTERM, signal.SIGINT):
         signal.signal(stop, _stopped)
     server.run()
     if not server.started:
         raise SystemExit("vigil portal: the server did not start")
+
+
+def worker_app() -> Litestar:
+    """The application of one worker process (started by uvicorn's supervisor, which
+    imports it by name in a fresh interpreter)."""
+    settings = get_settings()
+    configure_logging(settings.log_level)
+    # The supervisor's pid comes from the supervisor itself: had it died before this
+    # line, the parent now would be whichever process adopted this one.
+    _stop_when_orphaned(int(os.environ.get(_SUPERVISOR, os.getppid())))
+    return create_app(settings)
+
+
+def _stop_when_orphaned(supervisor: int) -> None:
+    """Stop (gracefully, as on SIGTERM) if the supervisor dies without stopping this
+    worker, say killed with SIGKILL: a worker left behind would go on serving the port."""
+
+    def watch() -> None:
+        while os.getppid() == supervisor:
+            time.sleep(ORPHAN_CHECK_SECONDS)
+        log.warning("portal supervisor gone; stopping", extra={"supervisor": supervisor})
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="orphan-watch", daemon=True).start()
+
+
+def _run_workers(config: uvicorn.Config) -> None:
+    with tempfile.TemporaryDirectory(prefix="vigil-portal-metrics-") as directory:
+        # Inherited by the workers, which then keep their metrics in files there.
+        os.environ[MULTIPROCESS_DIRECTORY] = directory
+        os.environ[_SUPERVISOR] = str(os.getpid())
+        log.info("portal supervisor started", extra={"workers": config.workers})
+        Multiprocess(config, sockets=[config.bind_socket()]).run()
+        log.info("portal supervisor stopped")

@@ -1,16 +1,17 @@
 """Who is calling: the bearer token, verified once per request, and the role checks.
 
 The token is read and verified by the request middleware, before GraphQL runs, so that
-the tenant is known to every log line of the request. :class:`RequireAuthentication`
-then refuses any operation of a caller without a valid token, introspection included,
-before the document is validated against the schema (so that field suggestions are
-not shown to strangers). Resolvers check roles with :func:`authorize`.
+the tenant is known to every log line of the request; a WebSocket client sends it in its
+``connection_init`` payload instead, verified once for the connection.
+:class:`RequireAuthentication` then refuses any operation of a caller without a valid
+token, introspection included, before the document is validated against the schema (so
+that field suggestions are not shown to strangers). Resolvers check roles with :func:`authorize`.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Collection, Iterator
+from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass
 
 import jwt
@@ -49,6 +50,13 @@ def authenticate(settings: Settings, authorization: str | None) -> Identity:
         log.info("bearer token refused", extra={"reason": error.args[0] if error.args else ""})
         expired = isinstance(error.__cause__, jwt.ExpiredSignatureError)
         return Identity(None, EXPIRED if expired else REFUSED)
+
+
+def authenticate_connection(settings: Settings, params: Mapping[str, object] | None) -> Identity:
+    """The identity a WebSocket client claims in its ``connection_init`` payload, as
+    ``{"authorization": "Bearer <token>"}`` (the HTTP middleware never sees it)."""
+    value = (params or {}).get("authorization") or (params or {}).get("Authorization")
+    return authenticate(settings, value if isinstance(value, str) else None)
 
 
 def authenticated(identity: Identity) -> Principal:

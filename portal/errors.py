@@ -25,7 +25,10 @@ from litestar import MediaType, Request, Response
 from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
 from strawberry.exceptions import StrawberryInputCoercionError
 from strawberry.extensions import SchemaExtension
+from strawberry.schema.schema import DEFAULT_ALLOWED_OPERATION_TYPES, StreamResult
 from strawberry.types import ExecutionContext, ExecutionResult
+from strawberry.types.execution import StreamExecutionResult
+from strawberry.types.graphql import OperationType
 
 from domain.errors import TransientFailure, UnknownTenant
 
@@ -69,6 +72,8 @@ def _public(error: GraphQLError, code: str, message: str, extra: Mapping[str, st
 def public_error(error: GraphQLError) -> GraphQLError:
     """The error as the client may see it, with ``extensions.code`` always set."""
     original = error.original_error
+    if original is None and error.extensions and "code" in error.extensions:
+        return error  # made public already (the last item of a stream is seen twice)
     if isinstance(original, PortalError):
         return _public(error, original.code, original.message, original.extensions)
     if isinstance(original, UnknownTenant):
@@ -92,13 +97,21 @@ def public_error(error: GraphQLError) -> GraphQLError:
 
 
 class ErrorPolicy(SchemaExtension):
-    """Rewrite every error of a result with :func:`public_error`."""
+    """Rewrite every error of a result with :func:`public_error`: the one result of a
+    query or mutation, and each result a subscription streams."""
 
     def on_operation(self) -> Iterator[None]:
         yield
-        result = self.execution_context.result
-        if isinstance(result, GraphQLExecutionResult | ExecutionResult) and result.errors:
-            result.errors = [public_error(error) for error in result.errors]
+        _make_public(self.execution_context.result)
+
+    def on_stream_result(self, result: StreamExecutionResult) -> Iterator[None]:
+        _make_public(result)
+        yield
+
+
+def _make_public(result: object) -> None:
+    if isinstance(result, GraphQLExecutionResult | ExecutionResult) and result.errors:
+        result.errors = [public_error(error) for error in result.errors]
 
 
 def internal_error(request: Request[Any, Any, Any], error: Exception) -> Response[Any]:
@@ -115,6 +128,19 @@ def internal_error(request: Request[Any, Any, Any], error: Exception) -> Respons
 
 
 class Schema(strawberry.Schema):
+    async def execute(self, *args: Any, **kwargs: Any) -> ExecutionResult:
+        """A single answer (HTTP) is never a subscription: those stream over the
+        WebSocket only."""
+        allowed = kwargs.get("allowed_operation_types") or DEFAULT_ALLOWED_OPERATION_TYPES
+        kwargs["allowed_operation_types"] = set(allowed) - {OperationType.SUBSCRIPTION}
+        return await super().execute(*args, **kwargs)
+
+    async def stream(self, *args: Any, **kwargs: Any) -> StreamResult:
+        """Streams (the WebSocket) carry subscriptions only: queries and mutations go
+        over HTTP, where bodies are bounded and checked before they are decoded."""
+        kwargs["allowed_operation_types"] = (OperationType.SUBSCRIPTION,)
+        return await super().stream(*args, **kwargs)
+
     def process_errors(
         self, errors: list[GraphQLError], execution_context: ExecutionContext | None = None
     ) -> None:

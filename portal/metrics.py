@@ -10,13 +10,21 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from typing import Any
 
 from litestar import Request, Response, get
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
 from sqlalchemy import text
 
-from adapters.metrics import EVENTS_INGESTED, OUTBOX_OLDEST_AGE, OUTBOX_PARKED, OUTBOX_PENDING
+from adapters.metrics import (
+    EVENTS_INGESTED,
+    MULTIPROCESS_DIRECTORY,
+    OUTBOX_OLDEST_AGE,
+    OUTBOX_PARKED,
+    OUTBOX_PENDING,
+)
 from portal.resources import PROBE_TIMEOUT_SECONDS, Resources, resources_of
 from services.ingest import Outcome
 
@@ -49,4 +57,14 @@ async def metrics(request: Request[Any, Any, Any]) -> Response[bytes]:
             "outbox figures not refreshed",
             extra={"error": f"{type(error).__name__}: {error}"[:300]},
         )
-    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+    return Response(generate_latest(_registry()), media_type=CONTENT_TYPE_LATEST)
+
+
+def _registry() -> CollectorRegistry:
+    """This process's registry, or, under several workers, all workers' samples."""
+    directory = os.environ.get(MULTIPROCESS_DIRECTORY)
+    if not directory:
+        return REGISTRY
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry, path=directory)  # type: ignore[no-untyped-call]  # untyped upstream
+    return registry

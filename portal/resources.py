@@ -1,6 +1,6 @@
 """What the portal holds open for its whole life: the database engine (as the
-application role), its unit-of-work factory, and a Redis client for the readiness check
-and the tenants' rate limit.
+application role), its unit-of-work factory, a Redis client for the readiness check and
+the tenants' rate limit, and the live review queues' hub with the consumer that feeds it.
 Opened on startup, closed on shutdown, reached by handlers through the app state."""
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from adapters.rate_limit import TenantRateLimit
 from adapters.settings import Settings
 from adapters.unit_of_work import unit_of_work_factory
 from domain.ports import UnitOfWorkFactory
+from portal.live import CaseEventConsumer, Hub
 
 PROBE_TIMEOUT_SECONDS = 2.0
 
@@ -29,6 +30,8 @@ class Resources:
     engine: AsyncEngine
     uow_factory: UnitOfWorkFactory
     redis: Redis
+    hub: Hub
+    case_events: CaseEventConsumer
     # None when the limit is turned off.
     rate_limit: TenantRateLimit | None = None
 
@@ -54,6 +57,7 @@ def lifespan(settings: Settings) -> Callable[[Litestar], AbstractAsyncContextMan
             socket_connect_timeout=PROBE_TIMEOUT_SECONDS,
             socket_timeout=PROBE_TIMEOUT_SECONDS,
         )
+        uow_factory = unit_of_work_factory(engine)
         rate_limit = (
             TenantRateLimit(
                 redis,
@@ -64,13 +68,23 @@ def lifespan(settings: Settings) -> Callable[[Litestar], AbstractAsyncContextMan
             if settings.rate_limit_requests
             else None
         )
+        hub = Hub(
+            uow_factory,
+            buffer_size=settings.live_buffer_size,
+            poll_seconds=settings.live_poll_seconds,
+            max_subscribers=settings.live_max_subscribers,
+        )
+        case_events = CaseEventConsumer(settings, hub)
+        case_events.start()
         app.state.resources = Resources(
-            settings, engine, unit_of_work_factory(engine), redis, rate_limit
+            settings, engine, uow_factory, redis, hub, case_events, rate_limit
         )
         try:
             yield
         finally:
             del app.state.resources
+            await case_events.close()
+            await hub.close()
             await redis.aclose()
             await engine.dispose()
 

@@ -1,6 +1,7 @@
 """The GraphQL schema: who am I, the ingestion of compliance events, the read side
-(:mod:`portal.read`): cases, subjects, events, assessments and audit trails, and the review
-of cases (:mod:`portal.case_mutations`).
+(:mod:`portal.read`): cases, subjects, events, assessments and audit trails, the review
+of cases (:mod:`portal.case_mutations`), and the live review queue
+(:mod:`portal.review_queue`).
 
 An event's ``data`` is a JSON scalar on purpose: GraphQL checks only the envelope, and the
 domain validates each event on its own (:func:`domain.events.parse_event`), so that one
@@ -25,6 +26,7 @@ from domain.ports import UnitOfWorkFactory
 from portal.auth import Identity, authenticated, authorize_write
 from portal.case_mutations import CaseMutation
 from portal.errors import BadRequest
+from portal.live import Hub
 from portal.read.queries import ReadQuery
 from portal.read.reader import Reader
 from portal.requests import correlation_id_of
@@ -40,6 +42,10 @@ class Context(BaseContext, kw_only=True):
     uow_factory: UnitOfWorkFactory
     # The request's reads (session and DataLoaders), for an authenticated caller.
     reader: Reader | None = None
+    hub: Hub
+    catch_up_limit: int
+    # What a WebSocket client sent in connection_init (strawberry sets it).
+    connection_params: dict[str, object] | None = None
 
 
 Info = strawberry.Info[Context, None]
@@ -60,6 +66,8 @@ async def context_of(request: ASGIConnection[Any, Any, Any, Any]) -> Context:
         identity=identity,
         correlation_id=correlation_id,
         uow_factory=resources.uow_factory,
+        hub=resources.hub,
+        catch_up_limit=resources.settings.live_catch_up_limit,
         reader=Reader(resources.engine, principal, correlation_id)
         if principal is not None and per_request
         else None,

@@ -13,12 +13,13 @@ from graphql import BreakingChange, DangerousChange, build_schema
 from graphql.utilities import find_breaking_changes, find_dangerous_changes
 
 from portal.errors import Schema
+from portal.review_queue import Subscription
 from portal.schema import Mutation, Query
 
 
 def current_sdl() -> str:
     """The schema of this code, as the committed file must hold it."""
-    return str(Schema(query=Query, mutation=Mutation)) + "\n"
+    return str(Schema(query=Query, mutation=Mutation, subscription=Subscription)) + "\n"
 
 
 def breaking_changes(committed: str, current: str) -> list[BreakingChange]:

@@ -120,7 +120,7 @@ def _is_uuid(value: str) -> bool:
 def _portal(args: argparse.Namespace) -> int:
     from portal.app import run
 
-    run(host=args.host, port=args.port)
+    run(host=args.host, port=args.port, workers=args.workers)
     return 0
 
 
@@ -302,6 +302,9 @@ def build_parser() -> argparse.ArgumentParser:
     portal = commands.add_parser("portal", help="serve the GraphQL API")
     portal.add_argument("--host", default=None)
     portal.add_argument("--port", type=int, default=None)
+    portal.add_argument(
+        "--workers", type=int, default=None, help="worker processes (VIGIL_PORTAL_WORKERS)"
+    )
     portal.set_defaults(handler=_portal)
 
     commands.add_parser("inbound", help="consume the inbound event queue").set_defaults(

@@ -9,14 +9,14 @@ without approval only where its tenant's policy allows it, and comments, evidenc
 the history are append-only.
 
 Revision ID: 0006
-Revises: 0004
+Revises: 0005
 Create Date: 2026-12-04
 """
 
 from migrations.sql import run
 
 revision = "0006"
-down_revision = "0004"
+down_revision = "0005"
 branch_labels = None
 depends_on = None
 

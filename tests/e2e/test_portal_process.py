@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
+import signal
 import socket
 import sys
 import uuid
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -126,3 +130,107 @@ async def test_the_portal_refuses_to_start_in_production_with_the_default_secret
     assert await portal.wait() == 1
     assert portal.logged("refusing to start"), portal.output()
     assert "VIGIL_JWT_SECRET" in portal.output()
+
+
+def _workers(pid: int) -> set[int]:
+    """The worker processes whose parent is ``pid`` (Linux /proc): multiprocessing's
+    spawned children, not its resource tracker."""
+    found = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            command = (stat.parent / "cmdline").read_bytes()
+            if int(fields[1]) == pid and b"spawn_main" in command:
+                found.add(int(stat.parent.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def _ingested(metrics: str) -> float:
+    for line in metrics.splitlines():
+        if line.startswith("vigil_events_ingested_total{") and 'outcome="accepted"' in line:
+            return float(line.rsplit(" ", 1)[1])
+    raise AssertionError(f"no accepted counter in {metrics[:2000]}")
+
+
+async def test_several_workers_serve_count_together_and_stop_cleanly(
+    start_vigil: StartVigil, tenant: uuid.UUID, owner_engine: AsyncEngine, transaction_event: Any
+) -> None:
+    bearer = await _vigil_token(tenant)
+    port = _free_port()
+    portal = await start_vigil("portal", "--workers", "2", env={"VIGIL_PORTAL_PORT": str(port)})
+    headers = {"Authorization": f"Bearer {bearer}"}
+
+    def batch(size: int) -> dict[str, Any]:
+        events = [transaction_event() for _ in range(size)]
+        return {"query": INGEST, "variables": {"input": {"events": events}}}
+
+    workers: set[int] = set()
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30.0) as client:
+            await _wait_until_live(portal, client)
+            workers = _workers(portal.pid)
+            # A connection of its own per request, so that both workers get some.
+            for _ in range(10):
+                async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as single:
+                    answered = await single.post("/graphql", json=batch(1), headers=headers)
+                    assert answered.json()["data"]["ingestEvents"]["acceptedCount"] == 1
+            # Whichever worker answers the scrape, it counts what every worker did.
+            for _ in range(4):
+                async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as single:
+                    assert _ingested((await single.get("/metrics")).text) == 10
+
+            # Requests in flight when the stop comes are answered before the workers go.
+            in_flight = [
+                asyncio.create_task(client.post("/graphql", json=batch(200), headers=headers))
+                for _ in range(6)
+            ]
+            await asyncio.sleep(0.2)
+            portal.send(signal.SIGTERM)
+            responses = await asyncio.gather(*in_flight)
+            returncode = await portal.wait()
+    finally:
+        for pid in workers:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+    assert returncode == 0, portal.output()
+    answers = [r.json() for r in responses]
+    assert [a["data"]["ingestEvents"]["acceptedCount"] for a in answers] == [200] * 6, answers
+    assert len(workers) == 2, workers
+    assert not any(_alive(pid) for pid in workers), portal.output()
+    async with owner_engine.connect() as connection:
+        stored = (
+            await connection.execute(
+                text("SELECT count(*) FROM events WHERE tenant_id = :t"), {"t": tenant}
+            )
+        ).scalar_one()
+    assert stored == 10 + 6 * 200
+
+
+async def test_a_worker_whose_supervisor_is_killed_stops(
+    start_vigil: StartVigil,
+) -> None:
+    port = _free_port()
+    portal = await start_vigil("portal", "--workers", "2", env={"VIGIL_PORTAL_PORT": str(port)})
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10.0) as client:
+        await _wait_until_live(portal, client)
+    workers = _workers(portal.pid)
+    try:
+        portal.send(signal.SIGKILL)
+        await portal.wait()
+        deadline = asyncio.get_running_loop().time() + STARTUP_SECONDS
+        while any(_alive(pid) for pid in workers):
+            assert asyncio.get_running_loop().time() < deadline, "a worker outlived its supervisor"
+            await asyncio.sleep(0.2)
+    finally:
+        for pid in workers:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)

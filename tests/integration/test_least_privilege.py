@@ -68,20 +68,40 @@ async def test_the_relay_role_deletes_only_published_rows(
         await connection.rollback()
 
 
-async def test_an_audit_record_must_carry_the_time_it_is_written(
-    app_engine: AsyncEngine, tenant: uuid.UUID
+_FORGED_RECORD = text(
+    "INSERT INTO audit_records (tenant_id, seq, record_id, recorded_at, actor,"
+    " action, entity_type, entity_id, details, prev_hash, hash)"
+    " VALUES (:t, 1000, gen_random_uuid(), :at, 'mallory', 'x', 'x', 'x',"
+    " '{}', decode(repeat('00', 32), 'hex'), decode(repeat('00', 32), 'hex'))"
+)
+
+
+@pytest.mark.parametrize(
+    "statement",
+    [
+        _FORGED_RECORD,
+        text("UPDATE audit_heads SET last_seq = last_seq + 1"),
+    ],
+)
+async def test_the_app_role_reaches_the_chain_only_through_the_sealing_function(
+    app_engine: AsyncEngine, tenant: uuid.UUID, statement: Any
 ) -> None:
     async with app_engine.connect() as connection:
         await connection.execute(SET_TENANT, {"t": str(tenant)})
+        with pytest.raises(DBAPIError, match="permission denied"):
+            await connection.execute(statement, {"t": tenant, "at": datetime.now(UTC)})
+        await connection.rollback()
+
+
+async def test_an_audit_record_must_carry_the_time_it_is_written(
+    owner_engine: AsyncEngine, tenant: uuid.UUID
+) -> None:
+    # The owner may still insert (migrations and repairs run as the owner); the trigger
+    # holds for every role.
+    async with owner_engine.connect() as connection:
         with pytest.raises(DBAPIError, match="written at the time it records"):
             await connection.execute(
-                text(
-                    "INSERT INTO audit_records (tenant_id, seq, record_id, recorded_at, actor,"
-                    " action, entity_type, entity_id, details, prev_hash, hash)"
-                    " VALUES (:t, 1000, gen_random_uuid(), :at, 'mallory', 'x', 'x', 'x',"
-                    " '{}', decode(repeat('00', 32), 'hex'), decode(repeat('00', 32), 'hex'))"
-                ),
-                {"t": tenant, "at": datetime(2020, 1, 1, tzinfo=UTC)},
+                _FORGED_RECORD, {"t": tenant, "at": datetime(2020, 1, 1, tzinfo=UTC)}
             )
         await connection.rollback()
 
@@ -94,12 +114,13 @@ async def test_an_audit_record_must_carry_the_time_it_is_written(
     ],
 )
 async def test_the_chain_head_moves_only_forward_onto_a_record(
-    app_engine: AsyncEngine, tenant: uuid.UUID, assignment: str, message: str
+    owner_engine: AsyncEngine, tenant: uuid.UUID, assignment: str, message: str
 ) -> None:
-    async with app_engine.connect() as connection:
-        await connection.execute(SET_TENANT, {"t": str(tenant)})
+    async with owner_engine.connect() as connection:
         with pytest.raises(DBAPIError, match=message):
-            await connection.execute(text(f"UPDATE audit_heads SET {assignment}"))
+            await connection.execute(
+                text(f"UPDATE audit_heads SET {assignment} WHERE tenant_id = :t"), {"t": tenant}
+            )
         await connection.rollback()
 
 

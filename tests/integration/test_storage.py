@@ -129,12 +129,15 @@ async def test_the_app_role_without_a_tenant_sees_and_changes_nothing(
         for table in TENANT_TABLES:
             seen = (await connection.execute(text(f"SELECT count(*) FROM {table}"))).scalar_one()
             assert seen == 0, table
-        for statement in (
-            "UPDATE subjects SET attributes = '{}'",
-            "UPDATE audit_heads SET last_seq = 0",
-        ):
-            result = await connection.execute(text(statement))
-            assert result.rowcount == 0, statement
+        result = await connection.execute(text("UPDATE subjects SET attributes = '{}'"))
+        assert result.rowcount == 0
+        with pytest.raises(DBAPIError, match="no tenant is set"):
+            await connection.execute(
+                text(
+                    "SELECT vigil_append_audit(ARRAY[gen_random_uuid()], ARRAY['x'], ARRAY['x'],"
+                    " ARRAY['x'], ARRAY['x'], ARRAY[NULL], ARRAY['{}'::jsonb])"
+                )
+            )
         await connection.rollback()
 
 

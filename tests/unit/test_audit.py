@@ -81,3 +81,36 @@ def test_canonical_bytes_do_not_depend_on_key_order() -> None:
 def test_canonical_bytes_refuse_floats() -> None:
     with pytest.raises(TypeError):
         canonical_bytes({"amount": 1.5})
+
+
+def test_a_chain_of_both_hash_schemes_verifies() -> None:
+    first = seal(TENANT, _entries(2), last_seq=0, last_hash=GENESIS, recorded_at=WHEN, scheme=1)
+    later = seal(
+        TENANT, _entries(2), last_seq=2, last_hash=first[-1].hash, recorded_at=WHEN, scheme=2
+    )
+
+    assert [record.scheme for record in first + later] == [1, 1, 2, 2]
+    assert verify_chain(first + later) == 4
+
+
+@pytest.mark.parametrize("scheme", [1, 2])
+def test_a_changed_record_of_either_scheme_is_detected(scheme: int) -> None:
+    records = seal(
+        TENANT, _entries(3), last_seq=0, last_hash=GENESIS, recorded_at=WHEN, scheme=scheme
+    )
+    changed = dataclasses.replace(
+        records[1], entry=dataclasses.replace(records[1].entry, details={"n": 99})
+    )
+
+    with pytest.raises(AuditChainBroken) as raised:
+        verify_chain([records[0], changed, records[2]])
+    assert raised.value.seq == 2
+
+
+def test_a_record_claiming_another_scheme_is_detected() -> None:
+    records = seal(TENANT, _entries(2), last_seq=0, last_hash=GENESIS, recorded_at=WHEN)
+
+    for other in (1, 7):
+        with pytest.raises(AuditChainBroken) as raised:
+            verify_chain([records[0], dataclasses.replace(records[1], scheme=other)])
+        assert raised.value.seq == 2

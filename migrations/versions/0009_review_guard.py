@@ -14,8 +14,8 @@
   of the proposal and the decision is now fixed until the case is reopened (and a
   pending proposal's time with the rest of it).
 
-Revision ID: 0008
-Revises: 0007
+Revision ID: 0009
+Revises: 0008
 Create Date: 2026-12-04
 """
 
@@ -26,8 +26,8 @@ from pathlib import Path
 
 from migrations.sql import run
 
-revision = "0008"
-down_revision = "0007"
+revision = "0009"
+down_revision = "0008"
 branch_labels = None
 depends_on = None
 

@@ -1,0 +1,54 @@
+"""The jsonb text encoding written in Python, on its own (the database's agreement with
+it is checked in tests/integration/test_audit_sealing.py)."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from decimal import Decimal
+
+import pytest
+
+from domain.canonical import jsonb_text, plain_json
+
+
+def test_keys_go_by_length_in_bytes_then_bytewise() -> None:
+    value = {"bb": 1, "a": 2, "é": 3, "ab": 4, "b": 5}
+
+    assert jsonb_text(value) == '{"a": 2, "b": 5, "ab": 4, "bb": 1, "é": 3}'
+
+
+def test_strings_are_escaped_as_postgresql_escapes_them() -> None:
+    assert jsonb_text({"s": 'q"b\\n\n\t\r\b\f\x01\x1f\x7f ü €'}) == (
+        '{"s": "q\\"b\\\\n\\n\\t\\r\\b\\f\\u0001\\u001f\x7f ü €"}'
+    )
+
+
+def test_nested_values_and_other_types() -> None:
+    value = {
+        "list": [1, "two", None, True, {"z": [], "y": {}}],
+        "id": uuid.UUID("018f0000-0000-7000-8000-000000000001"),
+        "at": datetime(2026, 1, 1, 12, 0, tzinfo=UTC),
+        "amount": Decimal("10.50"),
+        "big": 10**30,
+        "neg": -7,
+    }
+
+    assert jsonb_text(value) == (
+        '{"at": "2026-01-01T12:00:00.000000Z", "id": "018f0000-0000-7000-8000-000000000001",'
+        ' "big": 1000000000000000000000000000000, "neg": -7, "list": [1, "two", null, true,'
+        ' {"y": {}, "z": []}], "amount": "10.50"}'
+    )
+
+
+@pytest.mark.parametrize("value", [{"x": 1.5}, {"x": [{"y": 0.1}]}])
+def test_floats_are_refused(value: dict[str, object]) -> None:
+    with pytest.raises(TypeError, match="floats"):
+        plain_json(value)
+    with pytest.raises(TypeError, match="floats"):
+        jsonb_text(value)
+
+
+def test_the_nul_character_is_refused() -> None:
+    with pytest.raises(ValueError, match="U\\+0000"):
+        jsonb_text({"x": "a\x00b"})
