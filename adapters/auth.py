@@ -6,8 +6,9 @@ the configured algorithm is accepted, so a token signed with the RS256 public ke
 as an HMAC secret never verifies. A token is refused unless its signature, issuer and
 audience verify, and also when a
 claim is spelled in a way we never mint: times that are not integer timestamps, a
-lifetime over ``jwt_max_lifetime_hours`` (counted from ``iat``, else from now), or a
-tenant id other than the lower-case hyphenated UUID.
+lifetime over ``jwt_max_lifetime_hours`` (counted from ``iat``, else from now), a
+tenant id other than the lower-case hyphenated UUID, or a subject that is not a plain
+name (see :func:`_subject`).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import math
 import re
 import threading
 import time
+import unicodedata
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -37,6 +39,7 @@ class Role(StrEnum):
 
 
 MAX_TOKEN_LENGTH = 8192
+MAX_SUBJECT = 200
 # uuid.UUID also reads braces, URNs, bare hex and upper case; a token names its tenant
 # in the one spelling that str(uuid) gives.
 _TENANT_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
@@ -66,7 +69,8 @@ def mint_token(
     lifetime: timedelta = timedelta(hours=8),
 ) -> str:
     """A token signed with the shared secret (HS256, for local use); raise ValueError for
-    a lifetime the portal would refuse."""
+    a lifetime or a subject the portal would refuse."""
+    _subject(subject)
     longest = timedelta(hours=settings.jwt_max_lifetime_hours)
     if lifetime > longest:
         raise ValueError(f"a token lives at most {longest} (jwt_max_lifetime_hours)")
@@ -191,11 +195,25 @@ def verify_token(settings: Settings, token: str) -> Principal:
         if not isinstance(raw_roles, list):
             raise TypeError("roles must be a list")
         roles = frozenset(Role(role) for role in raw_roles if role in Role._value2member_map_)
-        subject = str(claims["sub"])[:200]
+        subject = _subject(claims["sub"])
         expires_at = _expiry(settings, claims)
     except (ValueError, TypeError, OverflowError, OSError) as error:
         raise InvalidToken(f"malformed claims: {error}") from error
     return Principal(subject, tenant_id, roles, expires_at)
+
+
+def _subject(value: object) -> str:
+    """The subject as the review records it (assignee, proposer, decider, audit actor):
+    1 to 200 characters, in NFKC form, without surrounding spaces or control or format
+    characters. Anything else is refused rather than cut or cleaned, since a cleaned
+    name could be another person's."""
+    if not isinstance(value, str) or not 0 < len(value) <= MAX_SUBJECT:
+        raise ValueError(f"sub must be a string of 1 to {MAX_SUBJECT} characters")
+    if value != value.strip() or unicodedata.normalize("NFKC", value) != value:
+        raise ValueError("sub must be trimmed and in NFKC form")
+    if any(unicodedata.category(char) in {"Cc", "Cf", "Cs", "Zl", "Zp"} for char in value):
+        raise ValueError("sub must hold no control or format characters")
+    return value
 
 
 def _tenant_id(value: object) -> uuid.UUID:

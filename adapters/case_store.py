@@ -67,8 +67,14 @@ _SAVE = (
     )
     .returning(_cases.c.version)
 )
-_GET = select(_cases).where(
-    _cases.c.tenant_id == bindparam("tenant_id"), _cases.c.case_id == bindparam("case_id")
+# A step reads the case it will save FOR UPDATE: the SLA sweep (which skips locked
+# cases) cannot flag it between the read and the save, whose every column would then
+# clear the flag again, since flagging changes no version. Two steps on one case take
+# turns; the second then reads the new version and is refused as stale, as before.
+_GET = (
+    select(_cases)
+    .where(_cases.c.tenant_id == bindparam("tenant_id"), _cases.c.case_id == bindparam("case_id"))
+    .with_for_update()
 )
 # The queue's best open case that no one else is taking: concurrent claims skip each
 # other's rows, so two analysts never get the same case (index cases_claim_next).

@@ -15,6 +15,7 @@ from datetime import datetime
 from enum import StrEnum
 
 from domain.errors import InvalidCaseInput
+from domain.text import unprintable
 
 MAX_COMMENT = 10_000
 MAX_REFERENCE = 2_000
@@ -88,13 +89,15 @@ def evidence(
         kind, reference = EvidenceKind.DOCUMENT, document_id
     else:
         assert url is not None
-        if len(url) > MAX_REFERENCE or not URL.fullmatch(url):
+        if len(url) > MAX_REFERENCE or not URL.fullmatch(url) or unprintable(url, multiline=False):
             raise InvalidCaseInput("an http or https URL", field=f"{field}.url")
         kind, reference = EvidenceKind.URL, url
     if not SHA256_HEX.fullmatch(sha256):
         raise InvalidCaseInput("64 lower-case hex digits", field=f"{field}.sha256")
     if len(description) > MAX_COMMENT:
         raise InvalidCaseInput("too long", field=f"{field}.description")
+    if unprintable(description, multiline=True):
+        raise InvalidCaseInput("a control character", field=f"{field}.description")
     return Evidence(
         evidence_id, case_id, kind, reference, sha256, description.strip(), added_by, now
     )
@@ -106,4 +109,6 @@ def _body(body: str) -> str:
         raise InvalidCaseInput("a comment has text", field="body")
     if len(stripped) > MAX_COMMENT:
         raise InvalidCaseInput(f"a comment has at most {MAX_COMMENT} characters", field="body")
+    if unprintable(stripped, multiline=True):
+        raise InvalidCaseInput("a comment holds a control character", field="body")
     return stripped

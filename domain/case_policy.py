@@ -24,10 +24,12 @@ from typing import Any
 from domain.cases import DEFAULT_SLA
 from domain.errors import InvalidCaseInput
 from domain.rules import Band
+from domain.text import unprintable
 
 DEFAULT_QUEUE = "default"
 QUEUE_NAME = re.compile(r"[a-z0-9][a-z0-9_.-]{0,62}")
 MAX_QUEUES = 50
+MAX_NAMES = 100
 MAX_SLA_HOURS = 24 * 365
 
 
@@ -129,6 +131,15 @@ def _routes(raw: object) -> tuple[QueueRoute, ...]:
 
 
 def _strings(raw: object, where: str) -> frozenset[str]:
-    if not isinstance(raw, list) or not all(isinstance(x, str) and len(x) <= 64 for x in raw):
-        raise InvalidCaseInput("a list of short strings", field=where)
+    """At most :data:`MAX_NAMES` names of 1 to 64 printable characters: the document is
+    stored as given (JSONB, which cannot hold NUL) and read on every scoring."""
+    if (
+        not isinstance(raw, list)
+        or len(raw) > MAX_NAMES
+        or not all(
+            isinstance(x, str) and 0 < len(x) <= 64 and not unprintable(x, multiline=False)
+            for x in raw
+        )
+    ):
+        raise InvalidCaseInput(f"a list of at most {MAX_NAMES} short names", field=where)
     return frozenset(raw)

@@ -23,6 +23,7 @@ the whole table of what is allowed; anything not in it is refused with
 
 from __future__ import annotations
 
+import unicodedata
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -40,9 +41,13 @@ from domain.errors import (
     StaleVersion,
     TransitionNotAllowed,
 )
+from domain.text import unprintable
 
 ANALYST = "analyst"
 SUPERVISOR = "supervisor"
+# A regulator only ever reads: a token that carries this role takes no step, whatever
+# other roles it also carries.
+REGULATOR = "regulator"
 MAX_REASON = 4000
 MAX_ACTOR = 200
 
@@ -130,6 +135,8 @@ def next_status(status: CaseStatus, action: Action) -> CaseStatus:
 def check(case: Case, action: Action, actor: Actor, expected_version: int) -> CaseStatus:
     """The checks every action makes, in the order a caller can act on them: the role
     (asking again will not help), the version (read the case again), then the table."""
+    if REGULATOR in actor.roles:
+        raise ForbiddenRole("a regulator's token only reads")
     if not ACTION_ROLES[action] & actor.roles:
         needed = " or ".join(sorted(ACTION_ROLES[action]))
         raise ForbiddenRole(f"{action.value} needs the {needed} role")
@@ -189,7 +196,7 @@ def propose(
 def approve(case: Case, actor: Actor, expected_version: int, now: datetime) -> Case:
     check(case, Action.APPROVE, actor, expected_version)
     proposal = _proposal_of(case)
-    if proposal.proposed_by == actor.name:
+    if same_person(proposal.proposed_by, actor.name):
         raise FourEyes("the proposer of a disposition cannot approve it")
     decision = Decision(True, actor.name, actor.roles, now)
     return _moved(case, Action.APPROVE, decision=decision, closed_at=now)
@@ -200,7 +207,7 @@ def reject(case: Case, actor: Actor, reason: str, expected_version: int, now: da
     (the transitions), not on the case."""
     check(case, Action.REJECT, actor, expected_version)
     proposal = _proposal_of(case)
-    if proposal.proposed_by == actor.name:
+    if same_person(proposal.proposed_by, actor.name):
         raise FourEyes("the proposer of a disposition cannot decide on it")
     decision = Decision(False, actor.name, actor.roles, now, _reason(reason, "reason"))
     return _moved(case, Action.REJECT, proposal=None, decision=decision)
@@ -228,6 +235,18 @@ def reopen(
         sla_due_at=now + policy.sla[case.band],
         sla_breached_at=None,
     )
+
+
+def same_person(one: str, other: str) -> bool:
+    """Whether two names are one person's for four eyes: equal once both are in NFKC
+    form, trimmed and case-folded, so that "Alice", "alice " and "alice" in full-width
+    letters cannot approve alice's proposal. The review guard in the database compares
+    the same way (``lower(normalize(btrim(name), NFKC))``)."""
+    return _person(one) == _person(other)
+
+
+def _person(name: str) -> str:
+    return unicodedata.normalize("NFKC", name).strip().casefold()
 
 
 def breach_sla(case: Case, now: datetime) -> Case | None:
@@ -258,14 +277,23 @@ def _reason(text: str, field: str) -> str:
         raise InvalidCaseInput(f"a {field} is required", field=field)
     if len(stripped) > MAX_REASON:
         raise InvalidCaseInput(f"a {field} has at most {MAX_REASON} characters", field=field)
+    if unprintable(stripped, multiline=True):
+        raise InvalidCaseInput(f"a {field} holds a control character", field=field)
     return stripped
 
 
 def _name(text: str, field: str) -> str:
-    stripped = text.strip()
-    if not 0 < len(stripped) <= MAX_ACTOR:
+    """A person's name in the form tokens carry theirs (NFKC, trimmed), so that the one
+    assigned is the one whose token then proposes; control and format characters, which
+    would hide a name in logs and on screen, are refused."""
+    name = unicodedata.normalize("NFKC", text).strip()
+    if not 0 < len(name) <= MAX_ACTOR:
         raise InvalidCaseInput(f"{field} is 1 to {MAX_ACTOR} characters", field=field)
-    return stripped
+    if unprintable(name, multiline=False) or any(
+        unicodedata.category(char) in {"Cf", "Zl", "Zp"} for char in name
+    ):
+        raise InvalidCaseInput(f"{field} holds a control or format character", field=field)
+    return name
 
 
 def _done(action: Action) -> str:

@@ -45,6 +45,7 @@ from adapters.metrics import MULTIPROCESS_DIRECTORY
 from adapters.settings import Settings, get_settings
 from portal.auth import RequireAuthentication, authenticate_connection
 from portal.bodies import refusal
+from portal.cost import ConnectionBudget
 from portal.errors import ErrorPolicy, Schema, internal_error
 from portal.health import live, ready
 from portal.metrics import metrics, start_ingest_counters
@@ -114,6 +115,8 @@ def build_schema(settings: Settings) -> Schema:
         # cache is left out: a syntax error raised inside it skips the other extensions'
         # exits, and with them the error policy that gives every error its code.)
         partial(ValidationCache, maxsize=256),
+        # Runs once the document is valid, before any resolver: nested pages multiply.
+        ConnectionBudget,
         # Last, so that its refusal replaces whatever the validation cache found: a
         # stranger never sees a validation message that would describe the schema.
         RequireAuthentication,

@@ -73,6 +73,15 @@ def authorize(identity: Identity, role: Role) -> Principal:
     return principal
 
 
+def authorize_write(identity: Identity, role: Role) -> Principal:
+    """The caller, if it holds ``role`` and may write at all: a token that carries the
+    regulator role only ever reads, whatever other roles it also carries."""
+    principal = authorize(identity, role)
+    if principal.has(Role.REGULATOR):
+        raise Forbidden("a regulator's token only reads")
+    return principal
+
+
 def authorize_any(identity: Identity, roles: Collection[Role]) -> Principal:
     """The caller, if it holds one of ``roles``; else :class:`Forbidden`."""
     principal = authenticated(identity)

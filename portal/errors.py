@@ -23,6 +23,7 @@ from graphql import ExecutionResult as GraphQLExecutionResult
 from graphql import GraphQLError
 from litestar import MediaType, Request, Response
 from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
+from strawberry.exceptions import StrawberryInputCoercionError
 from strawberry.extensions import SchemaExtension
 from strawberry.schema.schema import DEFAULT_ALLOWED_OPERATION_TYPES, StreamResult
 from strawberry.types import ExecutionContext, ExecutionResult
@@ -82,6 +83,10 @@ def public_error(error: GraphQLError) -> GraphQLError:
         return _public(error, "UNAVAILABLE", "temporarily unavailable: try again", {})
     if error.path is None and (original is None or isinstance(original, GraphQLError)):
         return _public(error, BadRequest.code, error.message, {})
+    if isinstance(original, StrawberryInputCoercionError):
+        # An argument strawberry could not read (an id that is not a global id): the
+        # client's input, raised while resolving and so with a path.
+        return _public(error, BadRequest.code, original.message, {})
 
     log.error(
         "graphql operation failed",

@@ -23,7 +23,7 @@ from strawberry.scalars import JSON
 from adapters.auth import Role
 from adapters.metrics import EVENTS_INGESTED
 from domain.ports import UnitOfWorkFactory
-from portal.auth import Identity, authenticated, authorize
+from portal.auth import Identity, authenticated, authorize_write
 from portal.case_mutations import CaseMutation
 from portal.errors import BadRequest
 from portal.live import Hub
@@ -149,7 +149,7 @@ def resolve_viewer(info: Info) -> Viewer:
 
 
 async def resolve_ingest_events(info: Info, input: IngestEventsInput) -> IngestEventsPayload:
-    principal = authorize(info.context.identity, Role.INGEST)
+    principal = authorize_write(info.context.identity, Role.INGEST)
     caller = Caller(
         tenant_id=principal.tenant_id,
         actor=principal.subject,

@@ -29,6 +29,7 @@ from domain.errors import CaseNotFound, InvalidCaseInput, StaleVersion, Transien
 from domain.ids import new_id
 from domain.messages import OutboxMessage
 from domain.ports import UnitOfWork, UnitOfWorkFactory
+from domain.text import unprintable
 from services.retry import with_retries
 
 log = logging.getLogger(__name__)
@@ -202,8 +203,14 @@ async def _replayed(uow: UnitOfWork, command: Command, mutation: str) -> StepRes
             "this clientMutationId was used for another mutation", field="clientMutationId"
         )
     answer = stored.answer
+    case = case_from_data(answer["case"])
+    if command.case_id is not None and case.case_id != command.case_id:
+        # Answering another case's step would tell the caller this case was acted on.
+        raise InvalidCaseInput(
+            "this clientMutationId was used for another case", field="clientMutationId"
+        )
     return StepResult(
-        case_from_data(answer["case"]),
+        case,
         datetime.fromisoformat(answer["updatedAt"]),
         answer.get("extra", {}),
         replayed=True,
@@ -252,8 +259,10 @@ def _extra(step: Step) -> dict[str, Any]:
 
 
 def _check_client_mutation_id(value: str | None) -> None:
-    if value is not None and not 0 < len(value) <= MAX_CLIENT_MUTATION_ID:
+    if value is None:
+        return
+    if not 0 < len(value) <= MAX_CLIENT_MUTATION_ID or unprintable(value, multiline=False):
         raise InvalidCaseInput(
-            f"a clientMutationId has 1 to {MAX_CLIENT_MUTATION_ID} characters",
+            f"a clientMutationId has 1 to {MAX_CLIENT_MUTATION_ID} printable characters",
             field="clientMutationId",
         )

@@ -14,7 +14,7 @@ import binascii
 import json
 import uuid
 from collections.abc import Callable, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from enum import Enum
 from typing import Any, TypeVar
 
@@ -22,6 +22,7 @@ import strawberry
 from strawberry import relay
 
 from adapters.read_store import MAX_PAGE, CaseFilter, CaseOrder
+from domain.text import unprintable
 from portal.errors import BadRequest
 from portal.read.access import AUDIT_READERS, READERS, reader_for
 from portal.read.types import (
@@ -41,6 +42,9 @@ R = TypeVar("R")
 
 MAX_FILTER_VALUES = 10
 MAX_FILTER_TEXT = 200
+# The ranges of the integer columns a cursor holds a key of (priority, audit seq).
+INT4_MAX = 2**31 - 1
+INT8_MAX = 2**63 - 1
 
 
 @strawberry.enum(description="The order of a list of cases.")
@@ -100,7 +104,32 @@ def _timestamp(value: str) -> datetime:
     moment = datetime.fromisoformat(value)
     if moment.tzinfo is None:
         raise ValueError("a cursor's time has an offset")
-    return moment
+    # In UTC, as the driver sends it: a time that has none (past 9999 or before year 1
+    # once its offset is taken off) raises OverflowError here, not in the driver.
+    return moment.astimezone(UTC)
+
+
+def _bounded(largest: int) -> Callable[[str], int]:
+    """A parser of an integer key that the database's column can hold."""
+
+    def parse(value: str) -> int:
+        number = int(value)
+        if not -largest - 1 <= number <= largest:
+            raise ValueError("out of the column's range")
+        return number
+
+    return parse
+
+
+def _moment(value: datetime | None, field: str) -> datetime | None:
+    """A time argument the database can compare with: in UTC when it has an offset.
+    Without one it is taken as UTC, as before."""
+    if value is None or value.tzinfo is None:
+        return value
+    try:
+        return value.astimezone(UTC)
+    except OverflowError as error:
+        raise BadRequest("a time between the years 1 and 9999 in UTC", field=field) from error
 
 
 def _connection(
@@ -141,7 +170,7 @@ async def case_page(
     key: Any = None
     if after is not None:
         if order is CaseOrder.PRIORITY:
-            key = tuple(decode_cursor(after, kind, (int, _timestamp, uuid.UUID)))
+            key = tuple(decode_cursor(after, kind, (_bounded(INT4_MAX), _timestamp, uuid.UUID)))
         else:
             key = tuple(decode_cursor(after, kind, (_timestamp, uuid.UUID)))
     where = _case_filter(filter or CaseFilterInput())
@@ -174,15 +203,19 @@ def _case_filter(given: CaseFilterInput) -> CaseFilter:
                 f"at most {MAX_FILTER_VALUES} values in one filter", field=f"filter.{name}"
             )
     for name, texts in (("queue", given.queue), ("assignee", given.assignee)):
-        if any(not 0 < len(text) <= MAX_FILTER_TEXT for text in texts or ()):
+        if any(
+            not 0 < len(text) <= MAX_FILTER_TEXT or unprintable(text, multiline=False)
+            for text in texts or ()
+        ):
             raise BadRequest(
-                f"a {name} is 1 to {MAX_FILTER_TEXT} characters", field=f"filter.{name}"
+                f"a {name} is 1 to {MAX_FILTER_TEXT} printable characters",
+                field=f"filter.{name}",
             )
     return CaseFilter(
         statuses=sorted({status.value for status in given.status or ()}),
         bands=sorted({band.value for band in given.band or ()}),
-        opened_from=given.opened_from,
-        opened_before=given.opened_before,
+        opened_from=_moment(given.opened_from, "filter.openedFrom"),
+        opened_before=_moment(given.opened_before, "filter.openedBefore"),
         sla_breached=given.sla_breached,
         queues=sorted(set(given.queue or ())),
         assignees=sorted(set(given.assignee or ())),
@@ -201,12 +234,12 @@ async def event_page(
 ) -> relay.Connection[Event]:
     reader = reader_for(info, READERS)
     limit = _first(first)
+    since = _moment(occurred_from, "occurredFrom")
+    before = _moment(occurred_before, "occurredBefore")
     key: Any = None
     if after is not None:
         key = tuple(decode_cursor(after, "events", (_timestamp, uuid.UUID)))
-    rows = await reader.read(
-        lambda store: store.events(subject_id, occurred_from, occurred_before, key, limit + 1)
-    )
+    rows = await reader.read(lambda store: store.events(subject_id, since, before, key, limit + 1))
     return _connection(
         rows,
         limit,
@@ -241,7 +274,7 @@ async def audit_page(
 ) -> relay.Connection[AuditRecord]:  # type: ignore[type-var]
     reader = reader_for(info, AUDIT_READERS)
     limit = _first(first)
-    seq = None if after is None else int(decode_cursor(after, "audit", (int,))[0])
+    seq = None if after is None else int(decode_cursor(after, "audit", (_bounded(INT8_MAX),))[0])
     rows = await reader.read(
         lambda store: store.audit_trail(entity_type, entity_id, seq, limit + 1)
     )

@@ -72,6 +72,18 @@ async def as_owner(owner_engine: AsyncEngine, statement: str, **parameters: Any)
         return list(result) if result.returns_rows else []
 
 
+async def as_app(
+    app_engine: AsyncEngine, tenant: uuid.UUID, statement: str, **parameters: Any
+) -> None:
+    """Run ``statement`` as the application role in the tenant, as a fault of the
+    application would, outside every check of the domain."""
+    async with app_engine.connect() as connection, connection.begin():
+        await connection.execute(
+            text("SELECT set_config('vigil.tenant_id', :t, true)"), {"t": str(tenant)}
+        )
+        await connection.execute(text(statement), parameters)
+
+
 async def outbox_types(owner_engine: AsyncEngine, tenant: uuid.UUID) -> list[str]:
     rows = await as_owner(
         owner_engine,

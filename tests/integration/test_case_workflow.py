@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -13,6 +14,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from adapters.database import sqlstate
+from domain import case_workflow as wf
 from domain.case_workflow import ANALYST, SUPERVISOR, Actor
 from domain.cases import CaseStatus, Disposition
 from domain.errors import (
@@ -27,6 +29,7 @@ from services.case_steps import StepResult
 from services.cases import EvidenceRef
 from tests.integration.case_support import (
     analyst,
+    as_app,
     as_owner,
     audit_of_case,
     command,
@@ -207,16 +210,6 @@ async def test_the_proposer_cannot_approve_even_holding_both_roles(
         )
 
 
-async def _as_app(
-    app_engine: AsyncEngine, tenant: uuid.UUID, statement: str, **values: Any
-) -> None:
-    async with app_engine.connect() as connection, connection.begin():
-        await connection.execute(
-            text("SELECT set_config('vigil.tenant_id', :t, true)"), {"t": str(tenant)}
-        )
-        await connection.execute(text(statement), values)
-
-
 CLOSE = (
     "UPDATE cases SET status = 'closed', decision = 'approved', decided_by = :who,"
     " decided_roles = :roles, decided_at = now(), closed_at = now() WHERE case_id = :c"
@@ -232,12 +225,12 @@ async def test_the_database_refuses_an_approval_by_the_proposer_from_the_app_rol
     refusals = []
     for who, roles in (("alice", ["supervisor"]), ("mallory", ["analyst"]), ("mallory", [])):
         with pytest.raises(DBAPIError) as refused:
-            await _as_app(app_engine, tenant, CLOSE, who=who, roles=roles, c=case_id)
+            await as_app(app_engine, tenant, CLOSE, who=who, roles=roles, c=case_id)
         refusals.append(sqlstate(refused.value))
     assert refusals == ["VGFE1"] * 3
 
     # A supervisor other than the proposer passes the same guard.
-    await _as_app(app_engine, tenant, CLOSE, who="bob", roles=["supervisor"], c=case_id)
+    await as_app(app_engine, tenant, CLOSE, who="bob", roles=["supervisor"], c=case_id)
 
 
 async def test_the_database_refuses_a_transition_outside_the_table_and_closing_alone(
@@ -245,7 +238,7 @@ async def test_the_database_refuses_a_transition_outside_the_table_and_closing_a
 ) -> None:
     (case_id,) = await open_cases(uow_factory, tenant, transaction_event, 1)
     with pytest.raises(DBAPIError) as refused:
-        await _as_app(app_engine, tenant, CLOSE, who="bob", roles=["supervisor"], c=case_id)
+        await as_app(app_engine, tenant, CLOSE, who="bob", roles=["supervisor"], c=case_id)
     assert sqlstate(refused.value) == "VGTR1"
 
     await svc.claim_case(uow_factory, command(tenant, ALICE, case_id, 1))
@@ -256,7 +249,7 @@ async def test_the_database_refuses_a_transition_outside_the_table_and_closing_a
         " band = 'low' WHERE case_id = :c"
     )
     with pytest.raises(DBAPIError) as refused:
-        await _as_app(app_engine, tenant, alone, c=case_id)
+        await as_app(app_engine, tenant, alone, c=case_id)
     assert sqlstate(refused.value) == "VGFE1"
 
 
@@ -310,7 +303,7 @@ async def test_comments_and_evidence_cannot_be_changed_only_versioned(
         "DELETE FROM case_transitions WHERE case_id = :c",
     ):
         with pytest.raises(DBAPIError) as refused:
-            await _as_app(app_engine, tenant, statement, c=case_id)
+            await as_app(app_engine, tenant, statement, c=case_id)
         assert sqlstate(refused.value) == "42501", statement
 
 
@@ -339,6 +332,37 @@ async def test_an_sla_breach_is_flagged_and_emitted_once_with_two_sweepers_at_on
     assert {row.case_id for row in flagged} == set(due[:3])
 
 
+async def test_a_step_taken_while_the_sweeper_runs_keeps_the_case_s_sla_flag(
+    uow_factory: Any, owner_engine: AsyncEngine, tenant: uuid.UUID, transaction_event: Any
+) -> None:
+    """The flag changes no version, so a step that read the case before it was flagged
+    and saved every column after would clear it; the next sweep would flag and emit the
+    breach a second time."""
+    (case_id,) = await open_cases(uow_factory, tenant, transaction_event, 1)
+    await as_owner(
+        owner_engine,
+        "UPDATE cases SET sla_due_at = now() - interval '1 minute' WHERE case_id = :c",
+        c=case_id,
+    )
+
+    async with uow_factory(tenant) as uow:
+        case = await uow.cases.get(case_id)
+        assert case is not None
+        flagged_meanwhile = await svc.flag_sla_breaches(uow_factory, tenant)
+        claimed = wf.claim(case, ALICE, case.version)
+        assert await uow.cases.save(claimed, case.version, datetime.now(UTC))
+        await uow.commit()
+    flagged_after = await svc.flag_sla_breaches(uow_factory, tenant)
+
+    assert flagged_meanwhile + flagged_after == 1
+    assert (await outbox_types(owner_engine, tenant)).count("case.sla_breached") == 1
+    (row,) = await as_owner(
+        owner_engine, "SELECT sla_breached_at, status FROM cases WHERE case_id = :c", c=case_id
+    )
+    assert row.sla_breached_at is not None
+    assert row.status == "in_review"
+
+
 async def test_a_retried_client_mutation_id_gets_the_first_answer_and_acts_once(
     uow_factory: Any, owner_engine: AsyncEngine, tenant: uuid.UUID, transaction_event: Any
 ) -> None:
@@ -356,6 +380,25 @@ async def test_a_retried_client_mutation_id_gets_the_first_answer_and_acts_once(
         await svc.escalate_case(
             uow_factory, command(tenant, ALICE, first_case, 2, client_mutation_id="m-1"), "x"
         )
+
+
+async def test_a_client_mutation_id_answers_only_the_case_it_was_first_sent_for(
+    uow_factory: Any, owner_engine: AsyncEngine, tenant: uuid.UUID, transaction_event: Any
+) -> None:
+    first, second = await open_cases(uow_factory, tenant, transaction_event, 2)
+    sam = supervisor("sam")
+    await svc.assign_case(
+        uow_factory, command(tenant, sam, first, 1, client_mutation_id="m-1"), "alice"
+    )
+
+    with pytest.raises(InvalidCaseInput) as refused:
+        await svc.assign_case(
+            uow_factory, command(tenant, sam, second, 1, client_mutation_id="m-1"), "alice"
+        )
+
+    assert refused.value.field == "clientMutationId"
+    (row,) = await as_owner(owner_engine, "SELECT status FROM cases WHERE case_id = :c", c=second)
+    assert row.status == "open"
 
 
 async def test_reject_sends_back_and_reopen_brings_a_closed_case_back(

@@ -130,6 +130,25 @@ async def test_an_analyst_may_not_ingest(
     assert await stored_nothing(owner_engine, tenant)
 
 
+@pytest.mark.parametrize("other", [Role.INGEST, Role.ADMIN])
+async def test_a_regulator_s_token_never_writes_whatever_else_it_carries(
+    portal: Portal,
+    settings: Settings,
+    tenant: uuid.UUID,
+    owner_engine: AsyncEngine,
+    transaction_event: Any,
+    other: Role,
+) -> None:
+    both = token(settings, tenant, Role.REGULATOR, Role.INGEST, other, subject="bafin")
+
+    body = await portal.graphql(INGEST, {"input": {"events": [transaction_event()]}}, token=both)
+
+    assert body["data"] is None
+    (error,) = body["errors"]
+    assert error["extensions"]["code"] == "FORBIDDEN"
+    assert await stored_nothing(owner_engine, tenant)
+
+
 async def test_the_viewer_is_the_token_s_subject_tenant_and_roles(
     portal: Portal, settings: Settings, tenant: uuid.UUID
 ) -> None:

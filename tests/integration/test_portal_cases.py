@@ -209,6 +209,9 @@ async def test_the_api_refuses_what_four_eyes_roles_and_versions_forbid(
     regulator = Reviewer(portal, settings, tenant, "rita", Role.REGULATOR)
 
     assert await regulator.refused(CLAIM, caseId=case_id, expectedVersion=1) == "FORBIDDEN_ROLE"
+    # A regulator's token never writes, whatever other roles it also carries.
+    both = Reviewer(portal, settings, tenant, "rita", Role.REGULATOR, Role.ANALYST)
+    assert await both.refused(CLAIM, caseId=case_id, expectedVersion=1) == "FORBIDDEN_ROLE"
     await carol.ok(CLAIM, caseId=case_id, expectedVersion=1)
     assert await dave.refused(CLAIM, caseId=case_id, expectedVersion=1) == "STALE_VERSION"
     assert (

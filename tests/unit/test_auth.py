@@ -126,3 +126,27 @@ def test_a_token_is_minted_within_the_maximum_lifetime_only() -> None:
 def test_a_tenant_id_in_another_spelling_is_refused(tid: object) -> None:
     with pytest.raises(InvalidToken):
         verify_token(SETTINGS, _signed(tid=tid))
+
+
+@pytest.mark.parametrize(
+    "sub",
+    [
+        pytest.param("", id="empty"),
+        pytest.param(" alice", id="a leading space"),
+        pytest.param("alice\n", id="a final newline"),
+        pytest.param("al\x00ice", id="a control character"),
+        pytest.param("al\u200bice", id="a zero-width space"),
+        pytest.param("\uff41\uff4c\uff49\uff43\uff45", id="not in NFKC form"),
+        pytest.param("a" * 201, id="longer than 200 characters"),
+    ],
+)
+def test_a_subject_in_a_spelling_we_would_not_record_is_refused(sub: str) -> None:
+    """Truncating or keeping such a name would let two spellings pass for one person, or
+    one person for two, in the review's four eyes and its history."""
+    with pytest.raises(InvalidToken):
+        verify_token(SETTINGS, _signed(sub=sub))
+
+
+def test_a_subject_the_portal_would_refuse_is_not_minted() -> None:
+    with pytest.raises(ValueError, match="sub"):
+        mint_token(SETTINGS, subject=" alice", tenant_id=TENANT, roles=[Role.ANALYST])

@@ -81,3 +81,15 @@ def test_a_bad_evidence_reference_is_refused_naming_its_field(
             now=NOW,
         )
     assert refused.value.field == field
+
+
+@pytest.mark.parametrize("bad", ["\x00", "\ud800", "\x1b[2J", "\x7f"])
+def test_a_comment_or_description_with_a_control_character_is_refused(bad: str) -> None:
+    with pytest.raises(InvalidCaseInput) as refused:
+        new_comment(uuid.uuid4(), uuid.uuid4(), f"see {bad} here", "ana", NOW)
+    assert refused.value.field == "body"
+
+
+def test_free_text_keeps_its_line_breaks_and_tabs() -> None:
+    body = "first line\n\tsecond line\r\nthird"
+    assert new_comment(uuid.uuid4(), uuid.uuid4(), body, "ana", NOW).body == body

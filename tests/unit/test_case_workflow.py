@@ -78,6 +78,35 @@ def test_a_proposer_cannot_approve_their_own_proposal_even_as_a_supervisor() -> 
         wf.reject(case, CAROL, "no", case.version, NOW)
 
 
+@pytest.mark.parametrize("spelling", ["ALICE", "Alice", "\uff41\uff4c\uff49\uff43\uff45"])
+def test_four_eyes_knows_the_proposer_under_another_case_or_unicode_form(spelling: str) -> None:
+    case = pending()
+    twin = Actor(spelling, frozenset({SUPERVISOR}))
+    with pytest.raises(FourEyes):
+        wf.approve(case, twin, case.version, NOW)
+    with pytest.raises(FourEyes):
+        wf.reject(case, twin, "no", case.version, NOW)
+
+
+def test_a_regulator_never_writes_whatever_else_the_token_carries() -> None:
+    with pytest.raises(ForbiddenRole):
+        wf.claim(a_case(), Actor("rita", frozenset({"regulator", ANALYST})), 1)
+    case = pending()
+    with pytest.raises(ForbiddenRole):
+        wf.approve(case, Actor("rita", frozenset({"regulator", SUPERVISOR})), case.version, NOW)
+
+
+@pytest.mark.parametrize("assignee", ["ali\x00ce", "ali\u202ece", "alice\nbob", "a" * 201, " "])
+def test_an_assignee_name_with_hidden_characters_or_too_long_is_refused(assignee: str) -> None:
+    with pytest.raises(InvalidCaseInput) as refused:
+        wf.assign(a_case(), BOB, assignee, 1)
+    assert refused.value.field == "assignee"
+
+
+def test_an_assignee_is_recorded_in_the_form_a_token_carries_the_name() -> None:
+    assert wf.assign(a_case(), BOB, " \uff41\uff4c\uff49\uff43\uff45 ", 1).assignee == "alice"
+
+
 def test_an_analyst_cannot_approve() -> None:
     other = Actor("dave", frozenset({ANALYST}))
     with pytest.raises(ForbiddenRole):
@@ -214,7 +243,7 @@ def test_a_step_is_refused_for_the_role_first_then_the_version_then_the_table(
     case = a_case(Band.LOW, status=status, assignee="alice", proposal=proposal, version=5)
     actor = Actor("alice", roles)
 
-    if not wf.ACTION_ROLES[action] & roles:
+    if not wf.ACTION_ROLES[action] & roles or "regulator" in roles:
         expected: type[CaseError] | None = ForbiddenRole
     elif read != case.version:
         expected = StaleVersion
@@ -266,6 +295,9 @@ def test_queues_route_by_typology_then_band_then_default() -> None:
         ({"queues": [{"name": "Bad Name"}]}, "queues.0"),
         ({"queues": [{"name": "q", "bands": ["severe"]}]}, "queues.0.bands"),
         ({"colour": "red"}, "colour"),
+        ({"queues": [{"name": "q", "typologies": ["x"] * 101}]}, "queues.0.typologies"),
+        ({"queues": [{"name": "q", "typologies": ["mule\x00"]}]}, "queues.0.typologies"),
+        ({"queues": [{"name": "q", "typologies": [""]}]}, "queues.0.typologies"),
     ],
 )
 def test_a_bad_policy_is_refused_naming_its_field(document: dict[str, object], field: str) -> None:
