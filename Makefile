@@ -5,6 +5,8 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
+# Options of `vigil demo`, such as DEMO_ARGS="--limit 5000 --keep-running".
+DEMO_ARGS ?=
 # The database the tests own; it is dropped and made anew at the start of `make test`.
 TEST_DB ?= vigil_test
 export VIGIL_TEST_DATABASE := $(TEST_DB)
@@ -56,7 +58,7 @@ bench: install services migrate
 	$(BIN)/python -m bench
 
 demo: install services migrate
-	$(BIN)/vigil demo
+	$(BIN)/vigil demo $(DEMO_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .coverage

@@ -41,7 +41,16 @@ def configure_logging(level: str = "INFO") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    for noisy in ("aiormq", "aio_pika", "asyncio", "uvicorn.access", "alembic.runtime.plugins"):
+    # httpx logs every request it sends at INFO, which would interleave the demo's report.
+    for noisy in (
+        "aiormq",
+        "aio_pika",
+        "asyncio",
+        "uvicorn.access",
+        "alembic.runtime.plugins",
+        "httpx",
+        "httpcore",
+    ):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
     structlog.configure(
         processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],

@@ -20,9 +20,11 @@ import logging
 import uuid
 from collections.abc import AsyncGenerator
 from datetime import UTC, datetime
-from typing import Annotated, cast
+from enum import Enum
+from typing import Annotated, TypeVar, cast
 
 import strawberry
+from strawberry import relay
 from strawberry.scalars import JSON
 
 from adapters.auth import Principal, Role
@@ -30,8 +32,11 @@ from domain.review_queue import CaseChange, Cursor, InvalidCursor, ReviewFilter
 from portal.auth import EXPIRED, Identity, authenticated
 from portal.errors import BadRequest, Forbidden, Unauthenticated
 from portal.live import Resync
+from portal.read.types import CaseStatus, RiskBand
 from portal.schema import Info
 from services.review_queue import catch_up
+
+E = TypeVar("E", bound=Enum)
 
 log = logging.getLogger(__name__)
 
@@ -55,18 +60,22 @@ def authorize_review(identity: Identity, tenant_id: uuid.UUID | None = None) -> 
 
 @strawberry.input(description="Only changes whose fields hold one of the values given.")
 class ReviewQueueFilter:
-    bands: list[str] | None = strawberry.field(default=None, description="low ... critical")
-    statuses: list[str] | None = strawberry.field(default=None, description="open, in_review ...")
+    bands: list[RiskBand] | None = None
+    statuses: list[CaseStatus] | None = None
     queues: list[str] | None = None
     assignees: list[str] | None = None
 
     def as_domain(self) -> ReviewFilter:
         return ReviewFilter(
-            bands=_values("filter.bands", self.bands),
-            statuses=_values("filter.statuses", self.statuses),
+            bands=_values("filter.bands", _names(self.bands)),
+            statuses=_values("filter.statuses", _names(self.statuses)),
             queues=_values("filter.queues", self.queues),
             assignees=_values("filter.assignees", self.assignees),
         )
+
+
+def _names(values: list[RiskBand] | list[CaseStatus] | None) -> list[str] | None:
+    return None if values is None else [value.value for value in values]
 
 
 def _values(field: str, values: list[str] | None) -> frozenset[str]:
@@ -84,10 +93,12 @@ def _values(field: str, values: list[str] | None) -> frozenset[str]:
 class CaseChanged:
     cursor: str = strawberry.field(description="Send it back as `after` to resume here.")
     type: str = strawberry.field(description="case.opened, case.updated, case.assigned ...")
-    case_id: strawberry.ID
+    case_id: strawberry.ID = strawberry.field(
+        description="The case's global id, as `case(id:)` and the review mutations take it."
+    )
     recorded_at: datetime
-    status: str | None
-    band: str | None
+    status: CaseStatus | None
+    band: RiskBand | None
     priority: int | None
     queue: str | None
     assignee: str | None
@@ -100,10 +111,10 @@ class CaseChanged:
         return cls(
             cursor=change.cursor.encode(),
             type=change.change_type,
-            case_id=strawberry.ID(change.case_id),
+            case_id=strawberry.ID(relay.to_base64("Case", change.case_id)),
             recorded_at=change.recorded_at,
-            status=change.text("status"),
-            band=change.text("band"),
+            status=_member(CaseStatus, change.text("status")),
+            band=_member(RiskBand, change.text("band")),
             priority=_integer(change.data.get("priority")),
             queue=change.text("queue"),
             assignee=change.text("assignee"),
@@ -111,6 +122,14 @@ class CaseChanged:
             sla_due_at=change.text("slaDueAt"),
             data=cast(JSON, dict(change.data)),
         )
+
+
+def _member(kind: type[E], value: str | None) -> E | None:
+    """The enum member of a value a message carries; None for one this code does not know."""
+    try:
+        return None if value is None else kind(value)
+    except ValueError:
+        return None
 
 
 @strawberry.type(

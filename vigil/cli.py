@@ -64,7 +64,13 @@ def _token(args: argparse.Namespace) -> int:
     from adapters.auth import Role, mint_token
 
     settings = get_settings()
-    roles = [Role(role) for role in args.roles.split(",") if role]
+    known = ", ".join(role.value for role in Role)
+    try:
+        roles = [Role(role.strip()) for role in args.roles.split(",") if role.strip()]
+    except ValueError:
+        raise SystemExit(
+            f"vigil token: unknown role in {args.roles!r}; choose from {known}"
+        ) from None
     tenant_id = uuid.UUID(args.tenant) if _is_uuid(args.tenant) else _tenant_by_slug(args.tenant)
     try:
         token = mint_token(

@@ -78,7 +78,7 @@ async def test_a_subscriber_on_one_portal_receives_a_case_ingested_through_anoth
         assert await first.stop() == 0, first.output()
         assert await client.closed_with() == 1012
     assert opened["type"] == "case.opened"
-    assert opened["status"] == "open"
+    assert opened["status"] == "OPEN"
 
     # Away from the queue, a second case is opened; back on the other replica with the
     # cursor, the client is sent it once (replayed, or live if scoring is still at it).
