@@ -66,12 +66,15 @@ EARLY_MEMORY_AT = 10_000
 # so that a replay recovers within its own run, and waits longer than that before it
 # gives up on an event.
 #
-# Score jobs of one tenant commit one at a time (they all move the tenant's audit-chain
-# head), so more jobs in flight than a few per worker only hold database connections.
+# A worker starts jobs only when it polls the queue, and scores the jobs running at once
+# in one transaction (one connection): many jobs per poll and large batches pay. With 8
+# jobs and batches of 16 the first 20,000 transfers ran at 82 events/s end to end; with
+# 64 and 32, at 117.
 CHILD_DEFAULTS = {
     "VIGIL_RECONCILE_DEADLINE_SECONDS": "60",
     "VIGIL_RECONCILE_INTERVAL_SECONDS": "15",
-    "VIGIL_WORKER_CONCURRENCY": "8",
+    "VIGIL_WORKER_CONCURRENCY": "64",
+    "VIGIL_WORKER_BATCH_SIZE": "32",
 }
 # A batch the portal could not take for a passing reason (the database out of
 # connections, say) is sent again: its keys make a second delivery harmless.
