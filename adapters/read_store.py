@@ -38,6 +38,8 @@ from domain.scoring import AlertRecord
 MAX_PAGE = 100
 # A case's alerts are shown newest first, at most this many.
 MAX_ALERTS_PER_CASE = 100
+# Comments (latest versions) and pieces of evidence shown with a case, each.
+MAX_NOTES_PER_CASE = 100
 
 Row = TypeVar("Row")
 T = TypeVar("T")
@@ -68,6 +70,28 @@ class CaseRow:
     decision_reason: str | None
     closed_at: datetime | None
     sla_breached_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class CommentRow:
+    comment_id: uuid.UUID
+    version: int
+    case_id: uuid.UUID
+    body: str
+    author: str
+    written_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class EvidenceRow:
+    evidence_id: uuid.UUID
+    case_id: uuid.UUID
+    kind: str
+    reference: str
+    sha256: bytes
+    description: str
+    added_by: str
+    added_at: datetime
 
 
 @dataclass(frozen=True, slots=True)
@@ -241,6 +265,61 @@ class ReadStore:
             .order_by(ranked.c.case_id, ranked.c.rank)
         )
         return _alerts(await self._all(query))
+
+    async def comments_of_cases(self, case_ids: Sequence[uuid.UUID]) -> list[CommentRow]:
+        """The latest version of each comment on the cases, oldest comment first, at most
+        :data:`MAX_NOTES_PER_CASE` a case."""
+        _cc = tables.case_comments.c
+        latest = (
+            select(
+                *_columns(tables.case_comments, CommentRow),
+                func.row_number()
+                .over(partition_by=_cc.comment_id, order_by=_cc.version.desc())
+                .label("newest"),
+            )
+            .where(_cc.tenant_id == self._tenant_id, _cc.case_id.in_(list(case_ids)))
+            .subquery()
+        )
+        ranked = (
+            select(
+                *[latest.c[field.name] for field in fields(CommentRow)],
+                func.row_number()
+                .over(
+                    partition_by=latest.c.case_id,
+                    order_by=(latest.c.written_at, latest.c.comment_id),
+                )
+                .label("rank"),
+            )
+            .where(latest.c.newest == 1)
+            .subquery()
+        )
+        query = (
+            select(*[ranked.c[field.name] for field in fields(CommentRow)])
+            .where(ranked.c.rank <= MAX_NOTES_PER_CASE)
+            .order_by(ranked.c.case_id, ranked.c.rank)
+        )
+        return _as(CommentRow, await self._all(query))
+
+    async def evidence_of_cases(self, case_ids: Sequence[uuid.UUID]) -> list[EvidenceRow]:
+        """The evidence on the cases, oldest first, at most :data:`MAX_NOTES_PER_CASE` a
+        case."""
+        _ce = tables.case_evidence.c
+        ranked = (
+            select(
+                *_columns(tables.case_evidence, EvidenceRow),
+                func.row_number()
+                .over(partition_by=_ce.case_id, order_by=(_ce.added_at, _ce.evidence_id))
+                .label("rank"),
+            )
+            .where(_ce.tenant_id == self._tenant_id, _ce.case_id.in_(list(case_ids)))
+            .subquery()
+        )
+        query = (
+            select(*[ranked.c[field.name] for field in fields(EvidenceRow)])
+            .where(ranked.c.rank <= MAX_NOTES_PER_CASE)
+            .order_by(ranked.c.case_id, ranked.c.rank)
+        )
+        return _as(EvidenceRow, await self._all(query))
 
     # -- subjects, events, assessments, alerts by id -----------------------------------
 

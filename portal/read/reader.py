@@ -23,6 +23,8 @@ from adapters.auth import Principal, Role
 from adapters.read_store import (
     AssessmentRow,
     CaseRow,
+    CommentRow,
+    EvidenceRow,
     ReadSession,
     ReadStore,
 )
@@ -31,6 +33,8 @@ from domain.ids import new_id
 from domain.scoring import AlertRecord
 
 T = TypeVar("T")
+# What a case has many of.
+N = TypeVar("N", AlertRecord, CommentRow, EvidenceRow)
 
 REGULATOR_READ = "regulator.read"
 
@@ -51,7 +55,15 @@ class Reader:
         self.latest_assessment: DataLoader[uuid.UUID, AssessmentRow | None] = DataLoader(
             self._latest_assessments
         )
-        self.case_alerts: DataLoader[uuid.UUID, list[AlertRecord]] = DataLoader(self._case_alerts)
+        self.case_alerts: DataLoader[uuid.UUID, list[AlertRecord]] = DataLoader(
+            self._per_case(ReadStore.alerts_of_cases)
+        )
+        self.case_comments: DataLoader[uuid.UUID, list[CommentRow]] = DataLoader(
+            self._per_case(ReadStore.comments_of_cases)
+        )
+        self.case_evidence: DataLoader[uuid.UUID, list[EvidenceRow]] = DataLoader(
+            self._per_case(ReadStore.evidence_of_cases)
+        )
 
     async def read(self, reading: Callable[[ReadStore], Awaitable[T]]) -> T:
         return await self.session.read(reading)
@@ -93,12 +105,19 @@ class Reader:
         found = await self.read(lambda store: store.latest_assessments(keys))
         return [found.get(key) for key in keys]
 
-    async def _case_alerts(self, keys: list[uuid.UUID]) -> list[list[AlertRecord]]:
-        rows = await self.read(lambda store: store.alerts_of_cases(keys))
-        by_case: dict[uuid.UUID, list[AlertRecord]] = {key: [] for key in keys}
-        for row in rows:
-            by_case[row.case_id].append(row)
-        return [by_case[key] for key in keys]
+    def _per_case(
+        self, read_many: Callable[[ReadStore, Sequence[uuid.UUID]], Awaitable[Sequence[N]]]
+    ) -> Callable[[list[uuid.UUID]], Awaitable[list[list[N]]]]:
+        """A loader's batch function: the rows of each case, in the order read."""
+
+        async def load(keys: list[uuid.UUID]) -> list[list[N]]:
+            rows = await self.read(lambda store: read_many(store, keys))
+            by_case: dict[uuid.UUID, list[N]] = {key: [] for key in keys}
+            for row in rows:
+                by_case[row.case_id].append(row)
+            return [by_case[key] for key in keys]
+
+        return load
 
     def prime_cases(self, rows: Sequence[CaseRow]) -> None:
         """Cases read as a page are known by id for the rest of the request."""

@@ -24,7 +24,9 @@ from adapters.read_store import (
     AssessmentRow,
     AuditRow,
     CaseRow,
+    CommentRow,
     EventRow,
+    EvidenceRow,
     SubjectRow,
 )
 from domain.cases import Case as DomainCase
@@ -323,6 +325,50 @@ class CaseDecision:
     reason: str | None
 
 
+@strawberry.type(description="An analyst's note on a case, in its latest version.")
+class CaseComment:
+    comment_id: strawberry.ID
+    version: int = strawberry.field(description="1 when written; each edit adds one.")
+    body: str
+    author: str
+    written_at: datetime
+
+    @classmethod
+    def of(cls, row: CommentRow) -> Self:
+        return cls(
+            comment_id=strawberry.ID(str(row.comment_id)),
+            version=row.version,
+            body=row.body,
+            author=row.author,
+            written_at=row.written_at,
+        )
+
+
+@strawberry.type(description="A document or URL put on a case, with the SHA-256 of its content.")
+class CaseEvidence:
+    evidence_id: strawberry.ID
+    kind: str = strawberry.field(description="document or url")
+    reference: str = strawberry.field(
+        description="A document id or a URL: show it as text, never follow it as a link."
+    )
+    sha256: str = strawberry.field(description="64 lower-case hex digits.")
+    description: str
+    added_by: str
+    added_at: datetime
+
+    @classmethod
+    def of(cls, row: EvidenceRow) -> Self:
+        return cls(
+            evidence_id=strawberry.ID(str(row.evidence_id)),
+            kind=row.kind,
+            reference=row.reference,
+            sha256=row.sha256.hex(),
+            description=row.description,
+            added_by=row.added_by,
+            added_at=row.added_at,
+        )
+
+
 @strawberry.type(description="What analysts review: the alerts of one subject.")
 class Case(relay.Node):
     id: relay.NodeID[str]
@@ -428,6 +474,16 @@ class Case(relay.Node):
             return None
         reader.note_read("assessment", row.assessment_id, "case.latestAssessment")
         return RiskAssessment.of(row)
+
+    @strawberry.field(description="The case's comments, oldest first (at most 100).")
+    async def comments(self, info: strawberry.Info) -> list[CaseComment]:
+        rows = await reader_for(info, READERS).case_comments.load(uuid.UUID(self.id))
+        return [CaseComment.of(row) for row in rows]
+
+    @strawberry.field(description="The evidence put on the case, oldest first (at most 100).")
+    async def evidence(self, info: strawberry.Info) -> list[CaseEvidence]:
+        rows = await reader_for(info, READERS).case_evidence.load(uuid.UUID(self.id))
+        return [CaseEvidence.of(row) for row in rows]
 
     @strawberry.field(description="The case's alerts, newest first (at most 100).")
     async def alerts(self, info: strawberry.Info) -> list[Alert]:

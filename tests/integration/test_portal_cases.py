@@ -151,6 +151,29 @@ async def test_from_an_ingested_event_to_a_closed_case_with_each_step_on_the_aud
         body="Transfer to a high-risk country; invoice requested.",
         evidence=[{"url": "https://dms.bank.example/d/77", "sha256": "0f" * 32}],
     )
+    # The supervisor reads what the analyst wrote before deciding.
+    notes = await bob.read(
+        "query($id: ID!) { case(id: $id) { comments { body author version }"
+        " evidence { kind reference sha256 addedBy } } }",
+        id=case_id,
+    )
+    assert notes["case"] == {
+        "comments": [
+            {
+                "body": "Transfer to a high-risk country; invoice requested.",
+                "author": "alice",
+                "version": 1,
+            }
+        ],
+        "evidence": [
+            {
+                "kind": "url",
+                "reference": "https://dms.bank.example/d/77",
+                "sha256": "0f" * 32,
+                "addedBy": "alice",
+            }
+        ],
+    }
     proposed = await alice.ok(
         PROPOSE,
         caseId=case_id,
@@ -357,3 +380,36 @@ async def test_a_bad_evidence_reference_is_refused_naming_its_field(
     assert [(e["code"], e["field"]) for e in payload["errors"]] == [
         ("INVALID_INPUT", "evidence.1.url")
     ]
+
+
+async def test_an_edited_comment_reads_as_its_latest_version_and_only_in_its_tenant(
+    portal: Portal,
+    settings: Settings,
+    tenant: uuid.UUID,
+    uow_factory: UnitOfWorkFactory,
+    owner_engine: AsyncEngine,
+    transaction_event: Any,
+) -> None:
+    (case_id,) = [case_gid(c) for c in await open_cases(uow_factory, tenant, transaction_event, 1)]
+    alice = Reviewer(portal, settings, tenant, "alice", Role.ANALYST)
+    await alice.ok(CLAIM, caseId=case_id, expectedVersion=1)
+    first = await alice.call(COMMENT, caseId=case_id, expectedVersion=2, body="first words")
+    comment_id = first["comment"]["commentId"]
+    await alice.ok(
+        COMMENT, caseId=case_id, expectedVersion=3, body="second thoughts", commentId=comment_id
+    )
+    await alice.ok(COMMENT, caseId=case_id, expectedVersion=4, body="another note")
+
+    query = "query($id: ID!) { case(id: $id) { comments { commentId body version } } }"
+    read = await alice.read(query, id=case_id)
+    assert read["case"]["comments"] == [
+        {"commentId": comment_id, "body": "second thoughts", "version": 2},
+        {
+            "commentId": read["case"]["comments"][1]["commentId"],
+            "body": "another note",
+            "version": 1,
+        },
+    ]
+    other = await create_tenant(owner_engine, f"t-{uuid.uuid4().hex[:12]}", "Other bank")
+    stranger = Reviewer(portal, settings, other, "eve", Role.ANALYST)
+    assert (await stranger.read(query, id=case_id))["case"] is None
