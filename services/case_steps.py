@@ -4,7 +4,9 @@
 A step loads its case (or the next of a queue), lets the domain decide, saves the case
 only if its version is still the one the caller read, and writes in the same
 transaction the step's history row, its audit record and its ``case.<action>`` message
-(which the live review queues show). A refused step writes nothing.
+(which the live review queues show). A refused step changes nothing; a refusal of the
+controls themselves (four eyes, a role the actor lacks) is put on the audit trail in a
+transaction of its own, as ``review.refused``, since an auditor asks who tried.
 
 A step that carries a client mutation id stores its answer in the same transaction; the
 same id sent again by the same actor gets that answer back and acts no second time. A
@@ -25,7 +27,15 @@ from domain.case_notes import Comment, Evidence
 from domain.case_policy import CasePolicy
 from domain.case_workflow import Action, Actor, Transition
 from domain.cases import Case, case_data, case_from_data
-from domain.errors import CaseNotFound, InvalidCaseInput, StaleVersion, TransientFailure
+from domain.errors import (
+    CaseError,
+    CaseNotFound,
+    ForbiddenRole,
+    FourEyes,
+    InvalidCaseInput,
+    StaleVersion,
+    TransientFailure,
+)
 from domain.ids import new_id
 from domain.messages import OutboxMessage
 from domain.ports import UnitOfWork, UnitOfWorkFactory
@@ -35,6 +45,8 @@ from services.retry import with_retries
 log = logging.getLogger(__name__)
 
 MAX_CLIENT_MUTATION_ID = 200
+# The audit action of a refused attempt; not a ``case.`` change, so no queue shows it.
+REFUSED = "review.refused"
 
 # The audit action and message type of each step.
 EVENT_OF: Mapping[Action, str] = {
@@ -102,9 +114,49 @@ async def run_step(
     from_queue: FromQueue | None = None,
 ) -> StepResult:
     _check_client_mutation_id(command.client_mutation_id)
-    return await with_retries(
-        lambda: _once(uow_factory, command, mutation, decide, from_queue), name=mutation
+    try:
+        return await with_retries(
+            lambda: _once(uow_factory, command, mutation, decide, from_queue), name=mutation
+        )
+    except (FourEyes, ForbiddenRole) as refusal:
+        if command.case_id is not None:
+            await _record_refusal(uow_factory, command, mutation, refusal)
+        raise
+
+
+async def _record_refusal(
+    uow_factory: UnitOfWorkFactory, command: Command, mutation: str, refusal: CaseError
+) -> None:
+    """Put a refused attempt on the trail. Not being able to is logged, and the caller is
+    still answered with the refusal."""
+    entry = AuditEntry(
+        new_id(),
+        command.actor.name,
+        REFUSED,
+        "case",
+        str(command.case_id),
+        command.correlation_id,
+        {
+            "mutation": mutation,
+            "code": refusal.code,
+            "message": refusal.message,
+            "roles": sorted(command.actor.roles),
+        },
     )
+    try:
+        async with uow_factory(command.tenant_id) as uow:
+            uow.record(entry)
+            await uow.commit()
+    except Exception as error:
+        log.warning(
+            "a refused review step could not be put on the audit trail",
+            extra={
+                "tenant_id": str(command.tenant_id),
+                "case_id": str(command.case_id),
+                "code": refusal.code,
+                "reason": type(error).__name__,
+            },
+        )
 
 
 async def _once(

@@ -224,6 +224,7 @@ async def test_the_api_refuses_what_four_eyes_roles_and_versions_forbid(
     settings: Settings,
     tenant: uuid.UUID,
     uow_factory: UnitOfWorkFactory,
+    owner_engine: AsyncEngine,
     transaction_event: Any,
 ) -> None:
     (case_id,) = [case_gid(c) for c in await open_cases(uow_factory, tenant, transaction_event, 1)]
@@ -252,6 +253,20 @@ async def test_the_api_refuses_what_four_eyes_roles_and_versions_forbid(
     assert await carol.refused(REJECT, caseId=case_id, expectedVersion=3, reason="no") == (
         "FOUR_EYES"
     )
+    # Who tried to get past the controls is on the trail; the case did not change.
+    tried = await as_owner(
+        owner_engine,
+        "SELECT actor, details->>'code' AS code, details->>'mutation' AS mutation"
+        " FROM audit_records WHERE tenant_id = :t AND action = 'review.refused' ORDER BY seq",
+        t=tenant,
+    )
+    assert [tuple(row) for row in tried] == [
+        ("rita", "FORBIDDEN_ROLE", "caseClaim"),
+        ("rita", "FORBIDDEN_ROLE", "caseClaim"),
+        ("carol", "FOUR_EYES", "caseApproveDisposition"),
+        ("dave", "FORBIDDEN_ROLE", "caseApproveDisposition"),
+        ("carol", "FOUR_EYES", "caseRejectDisposition"),
+    ]
     assert (
         await carol.refused(ESCALATE, caseId=case_id, expectedVersion=3, reason="help")
         == "TRANSITION_NOT_ALLOWED"
