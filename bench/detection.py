@@ -45,6 +45,7 @@ from services.ingest import Caller, ingest_events
 from services.retry import with_retries
 from services.scoring import install_ruleset, score_event
 from vigil import amlsim
+from vigil.datasource import locate
 from vigil.quality import AccountQuality, account_quality
 
 BATCH = 1000
@@ -202,11 +203,15 @@ async def run(args: argparse.Namespace) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, default=amlsim.default_data())
+    parser.add_argument("--data", type=Path, default=None)
     parser.add_argument("--database", default="vigil_detect")
     parser.add_argument("--tenant", default="amlsim")
     parser.add_argument("--concurrency", type=int, default=4)
-    asyncio.run(run(parser.parse_args()))
+    args = parser.parse_args()
+    # The same search as the demo's: --data, VIGIL_DEMO_DATA, beside the repository,
+    # else the verified download.
+    args.data = locate(args.data)
+    asyncio.run(run(args))
 
 
 if __name__ == "__main__":

@@ -8,7 +8,6 @@ simulation step is a day counted from :data:`START`; a value is an amount in
 from __future__ import annotations
 
 import csv
-import os
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -18,16 +17,9 @@ from typing import Any
 START = datetime(2025, 1, 1, tzinfo=UTC)
 CURRENCY = "EUR"
 COUNTRY = "NL"
-REPO = Path(__file__).resolve().parent.parent
 # What the data's README gives for its naive rule (see vigil.quality), to print beside
 # the floor the demo computes itself on the transfers it replayed.
 README_FLOOR = "precision 0.21, recall 0.48, F1 0.29"
-
-
-def default_data() -> Path:
-    """``VIGIL_DEMO_DATA`` if set, else ``shared/data/amlsim`` beside the repository."""
-    configured = os.environ.get("VIGIL_DEMO_DATA")
-    return Path(configured) if configured else REPO.parent / "shared" / "data" / "amlsim"
 
 
 def account(node_id: str) -> str:
