@@ -1,6 +1,14 @@
 """The arq queue of score jobs: job ids, how jobs are encoded, and enqueueing.
 
-One job scores one event: ``score_event(tenant_id, event_id, correlation_id)``.
+There are two kinds of job:
+
+* ``score_events(tenant_id, [[event_id, correlation_id], ...])``, the dispatcher's: the
+  events of one tenant that reached it together, up to :data:`MAX_BATCH`, scored in one
+  transaction. One job per event would make arq's own bookkeeping in Redis (a poll, a
+  claim and a clean-up per job) the limit of the whole pipeline.
+* ``score_event(tenant_id, event_id, correlation_id)``: one event, with retries and
+  failure marking of its own. Re-drives use it, and so does a batch that failed, which
+  splits into one such job per event (see :mod:`workers.scoring`).
 
 Why a new job is never silently dropped
 ---------------------------------------
@@ -24,12 +32,18 @@ needed job can be refused. Each way that could happen is closed:
   operator's re-drive ``score:<tenant>:<event>:d<milliseconds>``, which nothing else
   holds. Two reconcilers in the same period agree on the id and only one job results.
 
+A batch job's id is derived from its events, so the same batch sent twice is one job.
+Before it is enqueued, each of its events gets a marker naming it
+(:func:`batch_markers`), kept as long as arq keeps a job: the reconciler reads them to
+leave alone an event whose batch still waits in the queue.
+
 Jobs are encoded as JSON rather than arq's default pickle: a job is three strings, and
 nobody who can write to Redis can make a worker run code by unpickling.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 import uuid
@@ -45,6 +59,12 @@ from adapters.settings import Settings
 from domain.errors import TransientFailure
 
 SCORE_EVENT = "score_event"
+SCORE_EVENTS = "score_events"
+# The most events one batch job carries.
+MAX_BATCH = 500
+# As long as arq keeps a job it has not run (a day, its default expiry).
+MARKER_SECONDS = 24 * 3600
+_MARKER_PREFIX = "vigil:score-batch:"
 
 
 def dumps(value: Any) -> bytes:
@@ -59,6 +79,16 @@ def loads(raw: bytes) -> Any:
 def job_id(tenant_id: uuid.UUID, event_id: uuid.UUID) -> str:
     """The dispatcher's id for the event's job."""
     return f"score:{tenant_id}:{event_id}"
+
+
+def batch_job_id(tenant_id: uuid.UUID, event_ids: Sequence[uuid.UUID]) -> str:
+    """The dispatcher's id for a batch job: the same events make the same id."""
+    events = hashlib.sha256(",".join(sorted(str(event) for event in event_ids)).encode())
+    return f"score:{tenant_id}:b{events.hexdigest()[:32]}"
+
+
+def _marker(tenant_id: uuid.UUID, event_id: uuid.UUID) -> str:
+    return f"{_MARKER_PREFIX}{tenant_id}:{event_id}"
 
 
 def reconciler_job_id(tenant_id: uuid.UUID, event_id: uuid.UUID, period: int) -> str:
@@ -110,6 +140,52 @@ async def enqueue_score(
             f"the score queue is unreachable ({type(error).__name__})"
         ) from error
     return enqueued is not None
+
+
+async def enqueue_batch(
+    redis: ArqRedis,
+    tenant_id: uuid.UUID,
+    events: Sequence[tuple[uuid.UUID, str | None]],
+) -> bool:
+    """Enqueue one job scoring ``events`` (ids with their correlation ids, at most
+    :data:`MAX_BATCH`) under :func:`batch_job_id`. False when a job with that id is
+    queued or running already."""
+    if not 0 < len(events) <= MAX_BATCH:
+        raise ValueError(f"a batch job carries 1 to {MAX_BATCH} events")
+    job = batch_job_id(tenant_id, [event_id for event_id, _ in events])
+    try:
+        # The markers first: a reconciler that finds the job also finds what it holds.
+        async with redis.pipeline(transaction=False) as pipe:
+            for event_id, _ in events:
+                pipe.set(_marker(tenant_id, event_id), job, ex=MARKER_SECONDS)
+            await pipe.execute()
+        enqueued = await redis.enqueue_job(
+            SCORE_EVENTS,
+            str(tenant_id),
+            [[str(event_id), correlation_id] for event_id, correlation_id in events],
+            _job_id=job,
+        )
+    except (RedisError, OSError) as error:
+        raise TransientFailure(
+            f"the score queue is unreachable ({type(error).__name__})"
+        ) from error
+    return enqueued is not None
+
+
+async def batch_markers(
+    redis: ArqRedis, events: Sequence[tuple[uuid.UUID, uuid.UUID]]
+) -> list[str | None]:
+    """For each (tenant, event), the id of the last batch job the event was sent in,
+    while arq may still hold that job."""
+    if not events:
+        return []
+    try:
+        found = await redis.mget([_marker(tenant, event) for tenant, event in events])
+    except (RedisError, OSError) as error:
+        raise TransientFailure(
+            f"the score queue is unreachable ({type(error).__name__})"
+        ) from error
+    return [value.decode() if isinstance(value, bytes) else value for value in found]
 
 
 async def waiting(redis: ArqRedis, job_ids: Sequence[str]) -> list[bool]:

@@ -79,7 +79,11 @@ class Settings(BaseSettings):
     # The queue's name defaults to one derived from amqp_prefix, so a test run that has
     # its own prefix has its own queue too.
     arq_queue: str | None = Field(None, pattern="^[A-Za-z0-9_.:-]{1,100}$")
-    dispatch_prefetch: int = Field(200, ge=1, le=10000)
+    dispatch_prefetch: int = Field(500, ge=1, le=10000)
+    # Messages of one tenant that reach the dispatcher together become one score job of
+    # up to this many events; the first waits this long for the rest.
+    dispatch_batch_size: int = Field(100, ge=1, le=500)
+    dispatch_batch_linger_seconds: float = Field(0.01, ge=0, le=1)
     dispatch_metrics_port: int = Field(9103, ge=0, le=65535)
     worker_concurrency: int = Field(20, ge=1, le=500)
     # Jobs of one tenant running at once in a worker are scored together, up to this

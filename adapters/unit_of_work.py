@@ -85,6 +85,14 @@ FROM unnest(CAST(:message_ids AS uuid[]), CAST(:ordering_keys AS uuid[]),
     AS m(message_id, ordering_key, message_type, envelope)
 """
 _INSERT_OUTBOX = text(_OUTBOX_ROWS)
+_FIRST_SIGHTS = text("""
+INSERT INTO inbox (tenant_id, consumer, message_id)
+SELECT :tenant, :consumer, m.id
+FROM unnest(CAST(:ids AS text[])) WITH ORDINALITY AS m(id, position)
+ORDER BY m.position
+ON CONFLICT DO NOTHING
+RETURNING message_id
+""")
 # The outbox rows and the audit records of a transaction in one round trip. The outbox
 # insert touches nothing the sealing reads, so the order of the two does not matter.
 _INSERT_OUTBOX_AND_SEAL = text(f"WITH outbox_rows AS ({_OUTBOX_ROWS}) {audit_trail.APPEND_SQL}")
@@ -189,6 +197,20 @@ class SqlInbox:
         with translate_errors():
             result = await self._connection.execute(statement)
         return result.first() is not None
+
+    async def first_sights(self, consumer: str, message_ids: Sequence[str]) -> set[str]:
+        # Inserted in one order whoever inserts them, so that two transactions holding
+        # copies of the same messages wait for each other instead of deadlocking.
+        with translate_errors():
+            result = await self._connection.execute(
+                _FIRST_SIGHTS,
+                {
+                    "tenant": self._tenant_id,
+                    "consumer": consumer,
+                    "ids": sorted(set(message_ids)),
+                },
+            )
+        return {row.message_id for row in result}
 
 
 class SqlUnitOfWork:

@@ -61,6 +61,10 @@ class Inbox(Protocol):
         """Record a message as handled by a consumer; False when it was handled before."""
         ...
 
+    async def first_sights(self, consumer: str, message_ids: Sequence[str]) -> set[str]:
+        """Record messages as handled by a consumer; answer those not handled before."""
+        ...
+
 
 @dataclass(frozen=True, slots=True)
 class StoredAnswer:

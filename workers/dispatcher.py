@@ -1,17 +1,23 @@
-"""``vigil dispatcher``: turns each ``event.received`` message into a score job.
+"""``vigil dispatcher``: turns ``event.received`` messages into score jobs.
 
-For each message of the dispatch queue, in the message's tenant:
+Messages of one tenant that arrive within ``dispatch_batch_linger_seconds`` of each
+other are taken together, up to ``dispatch_batch_size``, and for each such batch, in the
+tenant:
 
-    1. insert the message id into the inbox (consumer ``dispatcher``), not yet committed;
-       a message seen before is acknowledged and dropped here
-    2. enqueue the score job, its id deterministic (``score:<tenant>:<event>``)
-    3. commit the inbox row, then acknowledge the message
+    1. insert the messages' ids into the inbox (consumer ``dispatcher``), not yet
+       committed; a message seen before is acknowledged and dropped here
+    2. enqueue one score job for the events of the rest, its id derived from them
+       (see :mod:`adapters.score_queue`)
+    3. commit the inbox rows, then acknowledge the messages
 
-The inbox row is only committed once the job is enqueued, so "seen" always means "its
+The inbox rows are only committed once the job is enqueued, so "seen" always means "its
 job was enqueued"; a duplicate is still caught before it reaches Redis (a concurrent
-copy waits on the uncommitted row, then sees it). A crash between the enqueue and the
-commit leaves the message unacknowledged: it comes again and is enqueued again, which is
-refused while the first job waits and is a no-op once it has run.
+copy waits on the uncommitted row, then sees it; rows are inserted in one order, so two
+batches holding copies of each other's messages wait rather than deadlock). A crash
+between the enqueue and the commit leaves the messages unacknowledged: they come again
+and are enqueued again, which arq refuses while the first job waits if they form the
+same batch, and which scores nothing twice otherwise (an assessment is unique per
+event and ruleset version).
 
     enqueued, already_queued   step 3 done (already_queued: arq had the job already)
     duplicate                  seen before: acknowledged
@@ -49,8 +55,8 @@ from adapters.broker import Names
 from adapters.database import make_engine
 from adapters.logging import bind_context
 from adapters.metrics import DISPATCH_MESSAGES, serve_metrics
+from adapters.score_queue import MAX_BATCH, enqueue_batch
 from adapters.score_queue import connect as connect_queue
-from adapters.score_queue import enqueue_score
 from adapters.settings import Settings
 from adapters.unit_of_work import unit_of_work_factory
 from domain.errors import TransientFailure
@@ -130,8 +136,16 @@ def _uuid(value: object, name: str) -> uuid.UUID:
         raise Unreadable(f"{name} is not a UUID") from None
 
 
+_Pending = tuple[Received, "asyncio.Future[Fate]"]
+
+
 class Dispatcher(QueueConsumer):
-    """Consumes the dispatch queue until :meth:`stop`; :meth:`handle` answers one delivery."""
+    """Consumes the dispatch queue until :meth:`stop`; :meth:`handle` answers one delivery.
+
+    Messages of one tenant that arrive together are dispatched together: the first
+    waits ``linger_seconds`` for others, and up to ``batch_size`` of them share one
+    transaction, one inbox statement and one batch job. Each message is still settled
+    on its own, by what became of its batch."""
 
     def __init__(
         self,
@@ -142,6 +156,8 @@ class Dispatcher(QueueConsumer):
         *,
         prefetch: int = 200,
         concurrency: int = 10,
+        batch_size: int = 100,
+        linger_seconds: float = 0.01,
         backoff: Backoff | None = None,
         stop_grace_seconds: float = STOP_GRACE_SECONDS,
     ) -> None:
@@ -156,6 +172,10 @@ class Dispatcher(QueueConsumer):
         )
         self._uow_factory = uow_factory
         self._redis = redis
+        self._batch_size = max(1, min(batch_size, MAX_BATCH))
+        self._linger = linger_seconds
+        self._open: dict[uuid.UUID, list[_Pending]] = {}
+        self._running: set[asyncio.Task[None]] = set()
 
     async def gave_back(self, message: AbstractIncomingMessage) -> None:
         _settled(Fate.RETRIED, message_id=message.message_id, reason="INTERNAL")
@@ -174,8 +194,7 @@ class Dispatcher(QueueConsumer):
             correlation_id=received.correlation_id,
         ):
             try:
-                async with self._slots:
-                    fate = await self._dispatch(received)
+                fate = await self._dispatch(received)
             except TransientFailure as error:
                 await self.requeue_later(message)
                 _settled(Fate.RETRIED, message_id=received.message_id, reason=error.message)
@@ -191,17 +210,64 @@ class Dispatcher(QueueConsumer):
             _settled(fate, message_id=received.message_id)
 
     async def _dispatch(self, received: Received) -> Fate:
-        async with self._uow_factory(received.tenant_id) as uow:
-            if not await uow.inbox.first_sight(CONSUMER, received.message_id):
-                return Fate.DUPLICATE
-            enqueued = await enqueue_score(
-                self._redis,
-                received.tenant_id,
-                received.event_id,
-                correlation_id=received.correlation_id,
-            )
-            await uow.commit()
-        return Fate.ENQUEUED if enqueued else Fate.ALREADY_QUEUED
+        """Join the tenant's open batch (opening one if need be) and wait for its fate."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Fate] = loop.create_future()
+        # A handler cancelled while its batch runs never reads the outcome.
+        future.add_done_callback(_retrieve)
+        batch = self._open.get(received.tenant_id)
+        if batch is None:
+            batch = self._open[received.tenant_id] = []
+            loop.call_later(self._linger, self._close, received.tenant_id, batch)
+        batch.append((received, future))
+        if len(batch) >= self._batch_size:
+            self._close(received.tenant_id, batch)
+        # Shielded: the batch's transaction commits or rolls back whole either way.
+        return await asyncio.shield(future)
+
+    def _close(self, tenant_id: uuid.UUID, batch: list[_Pending]) -> None:
+        if self._open.get(tenant_id) is batch:
+            del self._open[tenant_id]
+            task = asyncio.ensure_future(self._run(tenant_id, batch))
+            self._running.add(task)
+            task.add_done_callback(self._running.discard)
+
+    async def _run(self, tenant_id: uuid.UUID, batch: list[_Pending]) -> None:
+        try:
+            async with self._slots:
+                fates = await self._dispatch_batch(tenant_id, [item for item, _ in batch])
+        except BaseException as error:
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(error)
+            if not isinstance(error, Exception):
+                raise
+            return
+        for (_, future), fate in zip(batch, fates, strict=True):
+            if not future.done():
+                future.set_result(fate)
+
+    async def _dispatch_batch(self, tenant_id: uuid.UUID, batch: list[Received]) -> list[Fate]:
+        """One transaction: the inbox rows of the batch's messages, and one job for the
+        events of those not seen before; a copy of a message seen before is a duplicate."""
+        async with self._uow_factory(tenant_id) as uow:
+            new = await uow.inbox.first_sights(CONSUMER, [item.message_id for item in batch])
+            fresh: dict[str, Received] = {}
+            for item in batch:
+                if item.message_id in new:
+                    fresh.setdefault(item.message_id, item)
+            enqueued = True
+            if fresh:
+                events = {item.event_id: item.correlation_id for item in fresh.values()}
+                enqueued = await enqueue_batch(self._redis, tenant_id, list(events.items()))
+                await uow.commit()
+        first = Fate.ENQUEUED if enqueued else Fate.ALREADY_QUEUED
+        return [first if fresh.get(item.message_id) is item else Fate.DUPLICATE for item in batch]
+
+
+def _retrieve(future: asyncio.Future[Fate]) -> None:
+    if not future.cancelled():
+        _ = future.exception()
 
 
 def _settled(fate: Fate, *, message_id: str | None, reason: str | None = None) -> None:
@@ -271,6 +337,8 @@ async def _consume(
         names,
         prefetch=settings.dispatch_prefetch,
         concurrency=settings.database_pool_size,
+        batch_size=settings.dispatch_batch_size,
+        linger_seconds=settings.dispatch_batch_linger_seconds,
     )
     try:
         await dispatcher.start()

@@ -4,8 +4,9 @@ The reconciler finds events accepted more than a deadline ago that have neither 
 assessment nor a recorded failure, and enqueues them again. It covers what the queue
 cannot: a job whose worker was killed (it would otherwise wait for arq's in-progress key
 to expire), jobs lost with Redis's data, and a dispatch that never happened. It skips an
-event whose job is waiting in the queue, so that a backlog is not doubled. The
-dispatcher runs a pass every ``reconcile_interval_seconds``; ``vigil reconcile`` runs one.
+event whose job is waiting in the queue, alone or in a batch, so that a backlog is not
+doubled. The dispatcher runs a pass every ``reconcile_interval_seconds``; ``vigil
+reconcile`` runs one.
 
 An operator's re-drive (``vigil redrive``) is for events marked failed, once the cause
 is fixed: it clears their failures, records who re-drove them in the audit trail, and
@@ -26,6 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from adapters.metrics import SCORING_REDRIVEN
 from adapters.score_queue import (
+    batch_markers,
     enqueue_score,
     job_id,
     operator_job_id,
@@ -93,19 +95,25 @@ class Reconciler:
         if not overdue:
             return 0
         period = int(time.time() // self._period_seconds)
+        # An event's job may wait under its own id, under last period's re-drive id, or
+        # as one of a batch (the dispatcher's): any of them waiting will score it.
+        batches = await batch_markers(
+            self._redis, [(item.tenant_id, item.event_id) for item in overdue]
+        )
         candidates = [
             name
-            for item in overdue
+            for item, batch in zip(overdue, batches, strict=True)
             for name in (
                 job_id(item.tenant_id, item.event_id),
                 reconciler_job_id(item.tenant_id, item.event_id, period - 1),
+                batch or job_id(item.tenant_id, item.event_id),
             )
         ]
         flags = await waiting(self._redis, candidates)
         due = [
             item
-            for item, a, b in zip(overdue, flags[::2], flags[1::2], strict=True)
-            if not (a or b)
+            for item, a, b, c in zip(overdue, flags[::3], flags[1::3], flags[2::3], strict=True)
+            if not (a or b or c)
         ]
 
         slots = asyncio.Semaphore(ENQUEUE_CONCURRENCY)

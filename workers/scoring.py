@@ -1,7 +1,12 @@
-"""``vigil worker``: the arq worker that scores events, one job per event.
+"""``vigil worker``: the arq worker that scores events.
 
-The job calls :func:`services.scoring.score_event` and settles every outcome itself, so
-that arq only ever sees a result or a :class:`arq.Retry`:
+The dispatcher's jobs are batches (``score_events``): one tenant's events, scored in one
+transaction by :func:`services.scoring.score_events`. When a batch fails for any reason
+nothing of it is kept, and it splits: each of its events is enqueued as a job of its own
+(``score_event``, under the event's own job id). Re-drives are such jobs too.
+
+A ``score_event`` job calls :func:`services.scoring.score_event` and settles every
+outcome itself, so that arq only ever sees a result or a :class:`arq.Retry`:
 
     assessed, already_assessed   done (a second run of an event changes nothing)
     retried                      a transient failure (a deadlock, the database away):
@@ -19,7 +24,7 @@ are not marked failed again after a deadline: a failure that could not even be m
 (the database away on the last try), and a job arq drops by itself, without calling it
 (its tries used up by workers killed or stopped mid-job, or a job older than a day).
 
-Jobs of one tenant that run at the same time in a process are scored together
+Single jobs of one tenant that run at the same time in a process are scored together
 (:class:`Batches`): the first waits ``worker_batch_linger_seconds`` for others, and up to
 ``worker_batch_size`` events are scored in one transaction by
 :func:`services.scoring.score_events`. A tenant's scoring transactions commit one at a
@@ -39,11 +44,12 @@ import asyncio
 import logging
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
 from arq import Retry, Worker, func
-from arq.connections import RedisSettings
+from arq.connections import ArqRedis, RedisSettings
 
 from adapters.cel_rules import CachedScorers
 from adapters.database import make_engine
@@ -55,7 +61,14 @@ from adapters.metrics import (
     SCORING_WAIT_SECONDS,
     serve_metrics,
 )
-from adapters.score_queue import SCORE_EVENT, dumps, loads
+from adapters.score_queue import (
+    MAX_BATCH,
+    SCORE_EVENT,
+    SCORE_EVENTS,
+    dumps,
+    enqueue_score,
+    loads,
+)
 from adapters.settings import Settings
 from adapters.unit_of_work import unit_of_work_factory
 from domain.errors import TransientFailure
@@ -70,6 +83,7 @@ from services.scoring import (
     score_events,
 )
 from workers.consumer import Backoff
+from workers.envelope import valid_correlation_id
 
 log = logging.getLogger(__name__)
 
@@ -188,6 +202,50 @@ class ScoringJobs:
         SCORING_SECONDS.observe(time.perf_counter() - started)
         return result.outcome.value
 
+    async def score_batch(
+        self,
+        redis: ArqRedis,
+        tenant_id: uuid.UUID,
+        events: Sequence[tuple[uuid.UUID, str | None]],
+        job_try: int,
+    ) -> str:
+        """Score a batch job's events in one transaction. When that fails for any reason
+        nothing of it was kept, and each event goes on as a job of its own, with the
+        retries and failure marking of :meth:`score`."""
+        started = time.perf_counter()
+        try:
+            results = await score_events(self.uow_factory, self.scorers, tenant_id, events)
+        except Exception as error:
+            log.info(
+                "a batch job failed; its events go on as jobs of their own",
+                extra={"events": len(events), "reason": type(error).__name__},
+            )
+            return await self._split(redis, tenant_id, events, job_try)
+        for result in results:
+            SCORING_JOBS.labels(result.outcome.value).inc()
+        SCORING_SECONDS.observe(time.perf_counter() - started)
+        return "scored"
+
+    async def _split(
+        self,
+        redis: ArqRedis,
+        tenant_id: uuid.UUID,
+        events: Sequence[tuple[uuid.UUID, str | None]],
+        job_try: int,
+    ) -> str:
+        try:
+            for event_id, correlation_id in events:
+                _ = await enqueue_score(redis, tenant_id, event_id, correlation_id=correlation_id)
+        except TransientFailure as error:
+            if job_try < self.max_tries:
+                self._retry(f"could not split the batch: {error.message}", job_try)
+            # The reconciler finds whatever was not enqueued.
+            log.error("could not split a failed batch job", extra={"reason": error.message})
+            SCORING_JOBS.labels("unsettled").inc(len(events))
+            return "unsettled"
+        SCORING_JOBS.labels("split").inc(len(events))
+        return "split"
+
     async def _retry_or_fail(
         self, tenant_id: uuid.UUID, event_id: uuid.UUID, job_try: int, code: str, reason: str
     ) -> str:
@@ -249,6 +307,35 @@ async def score_event_job(
         return await jobs.score(tenant, event, correlation_id, int(ctx["job_try"]))
 
 
+async def score_events_job(ctx: dict[str, Any], tenant_id: str, events: Any) -> str:
+    """The arq job ``score_events``: a batch of one tenant's events, as the dispatcher
+    sends them (``[[event_id, correlation_id], ...]``)."""
+    jobs: ScoringJobs = ctx[_STATE]
+    SCORING_WAIT_SECONDS.observe(max(0.0, time.time() - ctx["score"] / 1000))
+    with bind_context(tenant_id=tenant_id, job_id=ctx["job_id"]):
+        try:
+            tenant, batch = uuid.UUID(tenant_id), _batch(events)
+        except (TypeError, ValueError):
+            log.error("score job with a malformed batch dropped")
+            SCORING_JOBS.labels("invalid").inc()
+            return "invalid"
+        return await jobs.score_batch(ctx["redis"], tenant, batch, int(ctx["job_try"]))
+
+
+def _batch(events: Any) -> list[tuple[uuid.UUID, str | None]]:
+    """The events of a batch job; ValueError for anything but 1 to MAX_BATCH pairs of an
+    event id and a correlation id (or null)."""
+    if not isinstance(events, list) or not 0 < len(events) <= MAX_BATCH:
+        raise ValueError("not a list of 1 to MAX_BATCH events")
+    batch: dict[uuid.UUID, str | None] = {}
+    for item in events:
+        if not (isinstance(item, list) and len(item) == 2 and isinstance(item[0], str)):
+            raise ValueError("not an [event id, correlation id] pair")
+        event_id, correlation_id = item
+        batch[uuid.UUID(event_id)] = valid_correlation_id(correlation_id)
+    return list(batch.items())
+
+
 def create_worker(settings: Settings, **overrides: Any) -> Worker:
     """The arq worker, configured from settings; ``overrides`` are :class:`arq.Worker`
     arguments (tests run it in burst mode, without signal handlers)."""
@@ -297,7 +384,14 @@ def create_worker(settings: Settings, **overrides: Any) -> Worker:
                 keep_result=0,
                 timeout=settings.worker_job_timeout_seconds,
                 max_tries=settings.worker_max_tries,
-            )
+            ),
+            func(
+                score_events_job,
+                name=SCORE_EVENTS,
+                keep_result=0,
+                timeout=settings.worker_job_timeout_seconds,
+                max_tries=settings.worker_max_tries,
+            ),
         ],
         "queue_name": settings.score_queue,
         "redis_settings": RedisSettings.from_dsn(settings.redis_url),

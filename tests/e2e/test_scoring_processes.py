@@ -144,7 +144,7 @@ async def test_after_redis_lost_its_queue_every_accepted_event_is_assessed(
         uow_factory, tenant, [transaction_event(originator=f"ACC-{n:03d}") for n in range(30)]
     )
     async with score_queue(scoring) as queue:
-        await eventually(lambda: _queued(queue, scoring, 30), what="30 jobs queued")
+        await eventually(lambda: _events_queued(queue, scoring, 30), what="30 events queued")
         assert await relay.stop() == 0
 
         await _flush(FLUSHED_REDIS)  # Redis restarts without its data
@@ -238,8 +238,10 @@ async def _none(count: Any) -> bool:
     return int(await count) == 0
 
 
-async def _queued(queue: Any, scoring: Settings, count: int) -> bool:
-    return int(await queue.zcard(scoring.score_queue)) == count
+async def _events_queued(queue: Any, scoring: Settings, count: int) -> bool:
+    """Whether the dispatcher's batch jobs in the queue hold ``count`` events in all."""
+    jobs = await queue.queued_jobs(queue_name=scoring.score_queue)
+    return sum(len(job.args[1]) for job in jobs if job.function == "score_events") == count
 
 
 async def _assessed(owner_engine: AsyncEngine, tenant: uuid.UUID, count: int) -> bool:

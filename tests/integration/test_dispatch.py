@@ -23,8 +23,9 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from adapters.broker import Names
-from adapters.score_queue import connect, job_id
+from adapters.score_queue import batch_job_id, connect
 from adapters.settings import Settings
+from adapters.tenants import create_tenant
 from domain.messages import EVENT_RECEIVED
 from domain.ports import UnitOfWorkFactory
 from tests.integration.scoring_support import (
@@ -39,6 +40,7 @@ from tests.integration.scoring_support import (
     ingest,
     queued_job_ids,
     received_envelopes,
+    sessions_waiting_for_locks,
     working,
 )
 from workers.consumer import Backoff
@@ -79,11 +81,10 @@ def dispatching(
     """``async with dispatching(redis): ...`` runs a dispatcher for the block."""
 
     @asynccontextmanager
-    async def run(redis: ArqRedis) -> AsyncIterator[Dispatcher]:
+    async def run(redis: ArqRedis, **options: Any) -> AsyncIterator[Dispatcher]:
         connection = await aio_pika.connect_robust(settings.amqp_url.get_secret_value())
-        dispatcher = Dispatcher(
-            connection, uow_factory, redis, names, prefetch=10, concurrency=4, backoff=FAST
-        )
+        chosen: dict[str, Any] = {"prefetch": 10, "concurrency": 4, "backoff": FAST}
+        dispatcher = Dispatcher(connection, uow_factory, redis, names, **(chosen | options))
         try:
             await dispatcher.start()
             yield dispatcher
@@ -92,6 +93,17 @@ def dispatching(
             await connection.close()
 
     return run
+
+
+async def events_in_jobs(queue: ArqRedis, scoring: Settings, tenant: uuid.UUID) -> list[str]:
+    """The event ids the queued batch jobs of the tenant carry, one entry per job holding
+    the event."""
+    found = []
+    for job in await queue.queued_jobs(queue_name=scoring.score_queue):
+        assert job.function == "score_events"
+        if job.args[0] == str(tenant):
+            found += [event for event, _ in job.args[1]]
+    return found
 
 
 async def waiting_in(amqp: AbstractRobustConnection, name: str) -> int:
@@ -134,10 +146,10 @@ async def test_an_ingested_event_is_dispatched_once_and_scored(
         await eventually(lambda: _equals(outcomes.since, {"enqueued": 1}), what="enqueued")
 
     (job,) = await queue.queued_jobs(queue_name=scoring.score_queue)
-    assert job.job_id == job_id(tenant, event)
+    assert job.job_id == batch_job_id(tenant, [event])
     assert (job.function, list(job.args)) == (
-        "score_event",
-        [str(tenant), str(event), envelope["correlationid"]],
+        "score_events",
+        [str(tenant), [[str(event), envelope["correlationid"]]]],
     )
     assert await inbox_has(owner_engine, tenant, envelope["id"])
     assert await waiting_in(amqp, names.dispatch) == 0
@@ -198,9 +210,8 @@ async def test_two_copies_at_once_enqueue_one_job(
             lambda: _equals(outcomes.since, {"enqueued": 20, "duplicate": 20}), what="settled"
         )
 
-    assert await queued_job_ids(queue, scoring.score_queue) == sorted(
-        job_id(tenant, event) for event in events
-    )
+    # Every event in exactly one job, however the copies were batched.
+    assert sorted(await events_in_jobs(queue, scoring, tenant)) == sorted(map(str, events))
 
 
 async def test_a_message_that_is_not_an_event_received_is_dead_lettered(
@@ -259,7 +270,7 @@ async def test_while_redis_is_away_a_message_is_requeued_and_not_marked_seen(
 
     async with dispatching(queue):
         await eventually(lambda: _at_least(outcomes.since, "enqueued", 1), what="enqueued")
-    assert await queued_job_ids(queue, scoring.score_queue) == [job_id(tenant, event)]
+    assert await queued_job_ids(queue, scoring.score_queue) == [batch_job_id(tenant, [event])]
     assert await inbox_has(owner_engine, tenant, envelope["id"])
 
 
@@ -312,3 +323,67 @@ async def test_an_unexpected_failure_gives_the_message_back_to_the_queue(
         await eventually(lambda: _assessed(owner_engine, tenant), what="assessed")
 
     assert outcomes.since() == {"retried": 1, "enqueued": 1}
+
+
+async def test_messages_that_arrive_together_share_a_job_per_tenant(
+    scoring: Settings,
+    queue: ArqRedis,
+    publish: Any,
+    dispatching: Any,
+    tenant: uuid.UUID,
+    owner_engine: AsyncEngine,
+    uow_factory: UnitOfWorkFactory,
+    transaction_event: Any,
+) -> None:
+    other = await create_tenant(owner_engine, f"t-{uuid.uuid4().hex[:12]}", "Other bank")
+    mine = await ingest(uow_factory, tenant, [transaction_event() for _ in range(30)])
+    theirs = await ingest(uow_factory, other, [transaction_event() for _ in range(5)])
+    envelopes = await received_envelopes(owner_engine, tenant)
+    envelopes += await received_envelopes(owner_engine, other)
+    outcomes = Counter("vigil_dispatch_messages_total", "outcome")
+
+    # Batches of ten, and a linger long enough that only a full batch closes early.
+    async with dispatching(queue, prefetch=100, batch_size=10, linger_seconds=2.0):
+        for envelope in envelopes:
+            await publish(envelope)
+        await eventually(lambda: _equals(outcomes.since, {"enqueued": 35}), what="enqueued")
+
+    jobs = await queue.queued_jobs(queue_name=scoring.score_queue)
+    sizes = sorted((job.args[0], len(job.args[1])) for job in jobs)
+    assert sizes == sorted([(str(tenant), 10)] * 3 + [(str(other), 5)])
+    assert sorted(await events_in_jobs(queue, scoring, tenant)) == sorted(map(str, mine))
+    assert sorted(await events_in_jobs(queue, scoring, other)) == sorted(map(str, theirs))
+    for job in jobs:
+        assert job.job_id == batch_job_id(
+            uuid.UUID(job.args[0]), [uuid.UUID(event) for event, _ in job.args[1]]
+        )
+
+
+async def test_batches_holding_copies_in_opposite_orders_do_not_deadlock(
+    tenant: uuid.UUID, uow_factory: UnitOfWorkFactory, owner_engine: AsyncEngine
+) -> None:
+    ids = [f"message-{i:05d}" for i in range(2_000)]
+    middle = ids[1_000]
+
+    async def first_sights(message_ids: list[str]) -> set[str]:
+        async with uow_factory(tenant) as uow:
+            seen = await uow.inbox.first_sights(CONSUMER, message_ids)
+            await uow.commit()
+        return seen
+
+    # A third transaction holds the middle row; two batches run into it from either end.
+    async with uow_factory(tenant) as blocker:
+        assert await blocker.inbox.first_sights(CONSUMER, [middle]) == {middle}
+        forward = asyncio.create_task(first_sights(ids))
+        backward = asyncio.create_task(first_sights(ids[::-1]))
+        await eventually(lambda: _waiting(owner_engine, 2), what="both batches waiting")
+        await blocker.commit()
+    seen = await asyncio.gather(forward, backward)
+
+    # Each message was new to exactly one of them; neither was chosen as a deadlock victim.
+    assert seen[0] | seen[1] | {middle} == set(ids)
+    assert not seen[0] & seen[1]
+
+
+async def _waiting(owner_engine: AsyncEngine, count: int) -> bool:
+    return await sessions_waiting_for_locks(owner_engine, "vigil") >= count

@@ -19,7 +19,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from adapters.audit_trail import verify
-from adapters.score_queue import enqueue_score, job_id
+from adapters.score_queue import MAX_BATCH, batch_job_id, enqueue_batch, enqueue_score, job_id
 from adapters.settings import Settings
 from domain.ports import UnitOfWorkFactory
 from tests.integration.inbound_support import TcpProxy
@@ -277,6 +277,98 @@ async def test_a_transient_database_failure_is_retried_until_it_passes(
     assert jobs.since().get("assessed") == 1
     assert "failed" not in jobs.since()
     assert await effects(owner_engine, tenant) == Effects(**ONE_ALERT)
+
+
+async def test_a_batch_job_scores_its_events_in_one_go(
+    scoring: Settings,
+    queue: ArqRedis,
+    tenant: uuid.UUID,
+    uow_factory: UnitOfWorkFactory,
+    owner_engine: AsyncEngine,
+    transaction_event: Any,
+) -> None:
+    await activate_default_ruleset(uow_factory, tenant)
+    events = await ingest(uow_factory, tenant, [alerting(transaction_event)] * 1)
+    events += await ingest(uow_factory, tenant, [transaction_event() for _ in range(9)])
+    jobs = Counter("vigil_scoring_jobs_total", "outcome")
+
+    async with working(scoring):
+        assert await enqueue_batch(queue, tenant, [(event, "corr-1") for event in events])
+        await eventually(lambda: _assessed(owner_engine, tenant, 10), what="assessed")
+        await eventually(lambda: _no_jobs(queue, scoring), what="the job done")
+
+    assert jobs.since() == {"assessed": 10}
+    found = await effects(owner_engine, tenant)
+    assert found.audit["risk.assessed"] == found.outbox["risk.assessed"] == 10
+    assert found.alerts >= 1
+    assert found.failures == 0
+
+
+async def test_a_batch_job_that_fails_goes_on_as_one_job_per_event(
+    scoring: Settings,
+    queue: ArqRedis,
+    tenant: uuid.UUID,
+    uow_factory: UnitOfWorkFactory,
+    owner_engine: AsyncEngine,
+    transaction_event: Any,
+) -> None:
+    await activate_default_ruleset(uow_factory, tenant)
+    events = await ingest(uow_factory, tenant, [transaction_event() for _ in range(3)])
+    unknown = uuid.uuid4()  # one event of the batch does not exist: the batch fails
+    jobs = Counter("vigil_scoring_jobs_total", "outcome")
+
+    async with working(scoring):
+        assert await enqueue_batch(queue, tenant, [(event, None) for event in [*events, unknown]])
+        await eventually(lambda: _assessed(owner_engine, tenant, 3), what="assessed")
+        await eventually(lambda: _no_jobs(queue, scoring), what="the jobs done")
+
+    # Single jobs running at once may race to open the same account's case: one of
+    # them is then retried, which is their ordinary way.
+    settled = {outcome: count for outcome, count in jobs.since().items() if outcome != "retried"}
+    assert settled == {"split": 4, "assessed": 3, "event_not_found": 1}
+    found = await effects(owner_engine, tenant)
+    assert found.assessments == found.audit["risk.assessed"] == 3
+
+
+async def test_a_batch_job_with_a_malformed_batch_is_dropped(
+    scoring: Settings, queue: ArqRedis, tenant: uuid.UUID, owner_engine: AsyncEngine
+) -> None:
+    jobs = Counter("vigil_scoring_jobs_total", "outcome")
+    malformed: list[Any] = [
+        [],
+        "not a list",
+        [["not-a-uuid", None]],
+        [[str(uuid.uuid4())]],
+        [[str(uuid.uuid4()), None]] * (MAX_BATCH + 1),
+    ]
+
+    async with working(scoring):
+        for number, events in enumerate(malformed):
+            await queue.enqueue_job("score_events", str(tenant), events, _job_id=f"bad-{number}")
+        await eventually(lambda: _no_jobs(queue, scoring), what="the jobs done")
+
+    assert jobs.since() == {"invalid": len(malformed)}
+    assert await assessed(owner_engine, tenant) == 0
+
+
+async def test_the_reconciler_leaves_alone_an_event_whose_batch_is_waiting(
+    scoring: Settings,
+    queue: ArqRedis,
+    tenant: uuid.UUID,
+    uow_factory: UnitOfWorkFactory,
+    app_engine: AsyncEngine,
+    transaction_event: Any,
+) -> None:
+    events = await ingest(uow_factory, tenant, [transaction_event() for _ in range(4)])
+    waiting, lost = events[:3], events[3]
+    assert await enqueue_batch(queue, tenant, [(event, None) for event in waiting])
+
+    assert await reconciler(scoring, app_engine, queue).run_once(tenant) == 1
+
+    queued = await queued_job_ids(queue, scoring.score_queue)
+    assert batch_job_id(tenant, waiting) in queued
+    assert len(queued) == 2
+    assert any(job.startswith(f"{job_id(tenant, lost)}:r") for job in queued)
 
 
 # -- helpers ------------------------------------------------------------------------------

@@ -73,6 +73,13 @@ class FakeInbox:
         self._store.inbox.add((consumer, message_id))
         return True
 
+    async def first_sights(self, consumer: str, message_ids: Sequence[str]) -> set[str]:
+        return {
+            message_id
+            for message_id in dict.fromkeys(message_ids)
+            if await self.first_sight(consumer, message_id)
+        }
+
 
 class FakeUnitOfWork:
     def __init__(self, store: FakeStore, tenant_id: uuid.UUID) -> None:
