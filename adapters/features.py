@@ -1,7 +1,9 @@
-"""History features of the two accounts of an event, in one SQL statement.
+"""History features of the two accounts of each of a list of events, in one SQL
+statement.
 
-For each of the two accounts (the event's subject and its counterparty) the statement
-reads two index range scans and two single-row probes, each bounded by the event's time:
+For each of the two accounts of each event (its subject and its counterparty) the
+statement reads two index range scans and two single-row probes, each bounded by the
+event's time:
 
 - outgoing transfers, by ``events_outgoing`` (tenant, subject, time), over the longest
   window ``(t - 90d, t]``; every window's figures are ``FILTER`` aggregates of that one
@@ -32,7 +34,7 @@ Semantics, chosen so that replaying history gives the same figures:
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -56,13 +58,19 @@ def window_length(name: str) -> timedelta:
 _LONGEST = max(WINDOWS, key=window_length)
 
 
+def _since(window: str) -> str:
+    """The start of a window before the party's time, as SQL. The lengths are the code's
+    own constants, so they are written into the statement rather than bound."""
+    return f"p.at - make_interval(secs => {int(window_length(window).total_seconds())})"
+
+
 def _direction_columns(direction: str) -> str:
     """The FILTER aggregates of one direction's scan, a set per window."""
     other = "counterparty_id" if direction == "out" else "subject_id"
     columns = []
     for window in WINDOWS:
-        inside = f"e.occurred_at > :since_{window}"
-        same_currency = f"{inside} AND e.currency = :currency"
+        inside = f"e.occurred_at > {_since(window)}"
+        same_currency = f"{inside} AND e.currency = p.currency"
         columns += [
             f"count(*) FILTER (WHERE {inside}) AS {direction}_count_{window}",
             f"sum(e.amount) FILTER (WHERE {same_currency}) AS {direction}_sum_{window}",
@@ -70,10 +78,10 @@ def _direction_columns(direction: str) -> str:
         ]
         if direction == "out":
             columns += [
-                f"count(*) FILTER (WHERE {inside} AND e.counterparty_id = :beneficiary)"
+                f"count(*) FILTER (WHERE {inside} AND e.counterparty_id = p.beneficiary)"
                 f" AS pair_count_{window}",
                 f"count(*) FILTER (WHERE {same_currency}"
-                f" AND e.amount >= :near_low AND e.amount < :near_high)"
+                f" AND e.amount >= p.near_low AND e.amount < p.near_high)"
                 f" AS near_threshold_count_{window}",
             ]
     return ",\n            ".join(columns)
@@ -88,7 +96,7 @@ def _scan(direction: str) -> str:
         FROM events e
         WHERE e.tenant_id = :tenant AND e.{own} = p.subject_id
           AND e.counterparty_id IS NOT NULL
-          AND e.occurred_at > :since_{_LONGEST} AND e.occurred_at <= :at
+          AND e.occurred_at > {_since(_LONGEST)} AND e.occurred_at <= p.at
     ) AS {direction}_window"""
 
 
@@ -100,15 +108,20 @@ def _last_before(direction: str) -> str:
         SELECT max(e.occurred_at) AS at
         FROM events e
         WHERE e.tenant_id = :tenant AND e.{own} = p.subject_id
-          AND e.counterparty_id IS NOT NULL AND e.occurred_at < :at
+          AND e.counterparty_id IS NOT NULL AND e.occurred_at < p.at
     ) AS {direction}_last"""
 
 
+# One row per party of each event: ``item`` is the event's place in the list, ``role``
+# which of its two accounts the row describes.
 FEATURES_SQL = f"""
-SELECT p.role, out_window.*, in_window.*,
+SELECT p.item, p.role, out_window.*, in_window.*,
        greatest(out_last.at, in_last.at) AS last_before
-FROM (VALUES ('originator', CAST(:originator AS uuid)),
-             ('beneficiary', CAST(:beneficiary AS uuid))) AS p (role, subject_id)
+FROM unnest(
+    CAST(:items AS integer[]), CAST(:roles AS text[]), CAST(:subjects AS uuid[]),
+    CAST(:ats AS timestamptz[]), CAST(:currencies AS text[]), CAST(:beneficiaries AS uuid[]),
+    CAST(:near_lows AS numeric[]), CAST(:near_highs AS numeric[])
+) AS p (item, role, subject_id, at, currency, beneficiary, near_low, near_high)
 {_scan("out")}
 {_scan("in")}
 {_last_before("out")}
@@ -117,50 +130,78 @@ FROM (VALUES ('originator', CAST(:originator AS uuid)),
 
 _FEATURES = text(FEATURES_SQL)
 
+_ROLES = ("originator", "beneficiary")
+
 
 def feature_parameters(
-    tenant_id: uuid.UUID, event: StoredEvent, ruleset: Ruleset
+    tenant_id: uuid.UUID, events: Sequence[StoredEvent], ruleset: Ruleset
 ) -> dict[str, Any]:
-    """The statement's parameters: the accounts, the event's time, the start of each
-    window and the near-threshold band in the event's currency (in major units, exact)."""
-    at = event.occurred_at
-    parameters: dict[str, Any] = {
-        "tenant": tenant_id,
-        "originator": event.subject_id,
-        "beneficiary": event.counterparty_id,
-        "at": at,
-        "currency": event.currency,
-        "near_low": None,
-        "near_high": None,
+    """The statement's parameters: for each event, its two accounts, its time, and the
+    near-threshold band in its currency (in major units, exact)."""
+    columns: dict[str, list[Any]] = {
+        name: []
+        for name in (
+            "items",
+            "roles",
+            "subjects",
+            "ats",
+            "currencies",
+            "beneficiaries",
+            "near_lows",
+            "near_highs",
+        )
     }
-    for window in WINDOWS:
-        parameters[f"since_{window}"] = at - window_length(window)
-    if event.currency is not None:
-        exponent = CURRENCY_MINOR_UNITS[event.currency]
-        threshold = ruleset.reporting_threshold_minor
-        # [ratio% of the threshold, the threshold): exact decimals, no rounding.
-        low = Decimal(threshold * ruleset.near_threshold_ratio_percent).scaleb(-2 - exponent)
-        parameters["near_low"] = low
-        parameters["near_high"] = Decimal(threshold).scaleb(-exponent)
-    return parameters
+    for item, event in enumerate(events):
+        low = high = None
+        if event.currency is not None:
+            exponent = CURRENCY_MINOR_UNITS[event.currency]
+            threshold = ruleset.reporting_threshold_minor
+            # [ratio% of the threshold, the threshold): exact decimals, no rounding.
+            low = Decimal(threshold * ruleset.near_threshold_ratio_percent).scaleb(-2 - exponent)
+            high = Decimal(threshold).scaleb(-exponent)
+        for role, subject in zip(_ROLES, (event.subject_id, event.counterparty_id), strict=True):
+            columns["items"].append(item)
+            columns["roles"].append(role)
+            columns["subjects"].append(subject)
+            columns["ats"].append(event.occurred_at)
+            columns["currencies"].append(event.currency)
+            columns["beneficiaries"].append(event.counterparty_id)
+            columns["near_lows"].append(low)
+            columns["near_highs"].append(high)
+    return {"tenant": tenant_id, **columns}
 
 
 async def history_features(
-    connection: AsyncConnection, tenant_id: uuid.UUID, event: StoredEvent, ruleset: Ruleset
-) -> tuple[Features, Features]:
-    """The originator's and the beneficiary's features as of the event's time; for an
-    event without a counterparty, the subject's and empty ones."""
+    connection: AsyncConnection,
+    tenant_id: uuid.UUID,
+    events: Sequence[StoredEvent],
+    ruleset: Ruleset,
+) -> list[tuple[Features, Features]]:
+    """For each event, in order, the originator's and the beneficiary's features as of
+    the event's time; for an event without a counterparty, the subject's and empty ones.
+    One statement for all of them."""
+    if not events:
+        return []
     with translate_errors():
-        result = await connection.execute(_FEATURES, feature_parameters(tenant_id, event, ruleset))
-        rows = {row.role: row._mapping for row in result}
-    # Transfers from this originator to this beneficiary: one figure for both parties,
-    # read from the originator's outgoing scan.
-    pairs = {f"pair_count_{w}": int(rows["originator"][f"pair_count_{w}"]) for w in WINDOWS}
-    originator = _features(rows["originator"], event.currency, event.occurred_at, pairs)
-    if event.counterparty_id is None:
-        return originator, Features.empty()
-    beneficiary = _features(rows["beneficiary"], event.currency, event.occurred_at, pairs)
-    return originator, beneficiary
+        result = await connection.execute(_FEATURES, feature_parameters(tenant_id, events, ruleset))
+        rows: dict[tuple[int, str], RowMapping] = {
+            (row.item, row.role): row._mapping for row in result
+        }
+    found = []
+    for item, event in enumerate(events):
+        originator_row = rows[(item, "originator")]
+        # Transfers from this originator to this beneficiary: one figure for both
+        # parties, read from the originator's outgoing scan.
+        pairs = {f"pair_count_{w}": int(originator_row[f"pair_count_{w}"]) for w in WINDOWS}
+        originator = _features(originator_row, event.currency, event.occurred_at, pairs)
+        if event.counterparty_id is None:
+            found.append((originator, Features.empty()))
+            continue
+        beneficiary_row = rows[(item, "beneficiary")]
+        found.append(
+            (originator, _features(beneficiary_row, event.currency, event.occurred_at, pairs))
+        )
+    return found
 
 
 def _features(

@@ -11,7 +11,7 @@ enforced by the schema, and the conflicting insert answers False rather than fai
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
@@ -19,6 +19,7 @@ from typing import Any
 from sqlalchemy import (
     BindParameter,
     Executable,
+    any_,
     bindparam,
     delete,
     exists,
@@ -27,7 +28,7 @@ from sqlalchemy import (
     text,
     update,
 )
-from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.dialects.postgresql import ARRAY, UUID, insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from adapters import tables
@@ -50,7 +51,6 @@ _failures = tables.scoring_failures
 # their compiled form; a statement built per call is compiled anew every time, which
 # cost more CPU than anything else a scored event does in Python.
 _TENANT: BindParameter[uuid.UUID] = bindparam("tenant_id")
-_EVENT: BindParameter[uuid.UUID] = bindparam("event_id")
 _VERSION: BindParameter[int] = bindparam("version")
 # An UPDATE takes a parameter named after a column of its table as a value to SET, so
 # its WHERE parameters have names of their own.
@@ -59,7 +59,8 @@ _WHERE_VERSION: BindParameter[int] = bindparam("where_version")
 
 _subject = tables.subjects.alias("subject")
 _counterparty = tables.subjects.alias("counterparty")
-_LOAD_EVENT = (
+_EVENT_IDS = bindparam("event_ids", type_=ARRAY(UUID(as_uuid=True)))
+_LOAD_EVENTS = (
     select(
         _events.c.event_id,
         _events.c.event_type,
@@ -73,7 +74,10 @@ _LOAD_EVENT = (
         _counterparty.c.attributes.label("counterparty_attributes"),
         # Whether a scoring failure is recorded, so that scoring clears it only then.
         exists()
-        .where(_failures.c.tenant_id == _TENANT, _failures.c.event_id == _EVENT)
+        .where(
+            _failures.c.tenant_id == _events.c.tenant_id,
+            _failures.c.event_id == _events.c.event_id,
+        )
         .label("scoring_failed"),
     )
     .join(
@@ -86,7 +90,7 @@ _LOAD_EVENT = (
         (_counterparty.c.tenant_id == _events.c.tenant_id)
         & (_counterparty.c.subject_id == _events.c.counterparty_id),
     )
-    .where(_events.c.tenant_id == _TENANT, _events.c.event_id == _EVENT)
+    .where(_events.c.tenant_id == _TENANT, _events.c.event_id == any_(_EVENT_IDS))
 )
 
 _RULESET_COLUMNS = select(_rulesets.c.version, _rulesets.c.document, _rulesets.c.document_hash)
@@ -122,17 +126,18 @@ _ACTIVATE = (
     .returning(_rulesets.c.version)
 )
 
-_HAS_ASSESSMENT = select(
-    exists().where(
-        _assessments.c.tenant_id == _TENANT,
-        _assessments.c.event_id == _EVENT,
-        _assessments.c.ruleset_version == _VERSION,
-    )
+_ASSESSED = select(_assessments.c.event_id).where(
+    _assessments.c.tenant_id == _TENANT,
+    _assessments.c.event_id == any_(_EVENT_IDS),
+    _assessments.c.ruleset_version == _VERSION,
 )
-_ADD_ASSESSMENT = (
+_ADD_ASSESSMENTS = (
     insert(_assessments)
     .on_conflict_do_nothing(index_elements=["tenant_id", "event_id", "ruleset_version"])
-    .returning(_assessments.c.assessment_id)
+    .returning(_assessments.c.event_id)
+)
+_CLEAR_FAILURES = delete(_failures).where(
+    _failures.c.tenant_id == _TENANT, _failures.c.event_id == any_(_EVENT_IDS)
 )
 _ADD_ALERT = insert(tables.alerts)
 
@@ -182,9 +187,6 @@ _RECORD_FAILURE = _FAILURE_ROWS.on_conflict_do_update(
         "failed_at": func.now(),
     },
 )
-_CLEAR_FAILURE = delete(_failures).where(
-    _failures.c.tenant_id == _TENANT, _failures.c.event_id == _EVENT
-)
 
 
 def explanation_document(evaluation: Evaluation) -> dict[str, Any]:
@@ -218,31 +220,24 @@ class SqlScoringStore:
 
     # -- events and features ---------------------------------------------------------
 
+    async def load_events(self, event_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, StoredEvent]:
+        with translate_errors():
+            result = await self._connection.execute(
+                _LOAD_EVENTS, {"tenant_id": self._tenant_id, "event_ids": list(event_ids)}
+            )
+            return {row.event_id: _stored_event(row) for row in result}
+
     async def load_event(self, event_id: uuid.UUID) -> StoredEvent | None:
-        row = await self._first(_LOAD_EVENT, event_id=event_id)
-        if row is None:
-            return None
-        currency = row.currency.strip() if row.currency is not None else None
-        amount = row.amount
-        if amount is not None and currency is not None:
-            # The column keeps four decimals; the event said "125.50", so say it again.
-            amount = amount.quantize(Decimal(1).scaleb(-CURRENCY_MINOR_UNITS[currency]))
-        return StoredEvent(
-            event_id=row.event_id,
-            event_type=row.event_type,
-            occurred_at=row.occurred_at,
-            subject_id=row.subject_id,
-            counterparty_id=row.counterparty_id,
-            amount=amount,
-            currency=currency,
-            payload=row.payload,
-            subject_attributes=row.subject_attributes or {},
-            counterparty_attributes=row.counterparty_attributes or {},
-            scoring_failed=bool(row.scoring_failed),
-        )
+        return (await self.load_events([event_id])).get(event_id)
+
+    async def features_of(
+        self, events: Sequence[StoredEvent], ruleset: Ruleset
+    ) -> list[tuple[Features, Features]]:
+        return await history_features(self._connection, self._tenant_id, events, ruleset)
 
     async def features(self, event: StoredEvent, ruleset: Ruleset) -> tuple[Features, Features]:
-        return await history_features(self._connection, self._tenant_id, event, ruleset)
+        (found,) = await self.features_of([event], ruleset)
+        return found
 
     # -- rulesets ----------------------------------------------------------------------
 
@@ -282,30 +277,48 @@ class SqlScoringStore:
 
     # -- assessments and alerts --------------------------------------------------------
 
-    async def has_assessment(self, event_id: uuid.UUID, ruleset_version: int) -> bool:
+    async def assessed(
+        self, event_ids: Sequence[uuid.UUID], ruleset_version: int
+    ) -> set[uuid.UUID]:
         with translate_errors():
             result = await self._connection.execute(
-                _HAS_ASSESSMENT,
-                {"tenant_id": self._tenant_id, "event_id": event_id, "version": ruleset_version},
+                _ASSESSED,
+                {
+                    "tenant_id": self._tenant_id,
+                    "event_ids": list(event_ids),
+                    "version": ruleset_version,
+                },
             )
-            return bool(result.scalar_one())
+            return set(result.scalars())
+
+    async def has_assessment(self, event_id: uuid.UUID, ruleset_version: int) -> bool:
+        return event_id in await self.assessed([event_id], ruleset_version)
+
+    async def add_assessments(self, records: Sequence[AssessmentRecord]) -> set[uuid.UUID]:
+        if not records:
+            return set()
+        rows = [
+            {
+                "tenant_id": self._tenant_id,
+                "assessment_id": record.assessment_id,
+                "event_id": record.event_id,
+                "ruleset_version": record.ruleset_version,
+                "scorer": record.scorer,
+                "score": record.evaluation.score,
+                "band": record.evaluation.band.value,
+                "alert": record.evaluation.alert,
+                "explanation": explanation_document(record.evaluation),
+                "context": _plain(record.context),
+                "scored_at": record.scored_at,
+            }
+            for record in records
+        ]
+        with translate_errors():
+            result = await self._connection.execute(_ADD_ASSESSMENTS, rows)
+            return set(result.scalars())
 
     async def add_assessment(self, record: AssessmentRecord) -> bool:
-        evaluation = record.evaluation
-        inserted = await self._first(
-            _ADD_ASSESSMENT,
-            assessment_id=record.assessment_id,
-            event_id=record.event_id,
-            ruleset_version=record.ruleset_version,
-            scorer=record.scorer,
-            score=evaluation.score,
-            band=evaluation.band.value,
-            alert=evaluation.alert,
-            explanation=explanation_document(evaluation),
-            context=_plain(record.context),
-            scored_at=record.scored_at,
-        )
-        return inserted is not None
+        return record.event_id in await self.add_assessments([record])
 
     async def add_alert(self, alert: AlertRecord) -> None:
         await self._execute(
@@ -367,7 +380,11 @@ class SqlScoringStore:
         await self._execute(_RECORD_FAILURE, event_id=event_id, attempts=attempts, reason=reason)
 
     async def clear_failure(self, event_id: uuid.UUID) -> None:
-        await self._execute(_CLEAR_FAILURE, event_id=event_id)
+        await self.clear_failures([event_id])
+
+    async def clear_failures(self, event_ids: Sequence[uuid.UUID]) -> None:
+        if event_ids:
+            await self._execute(_CLEAR_FAILURES, event_ids=list(event_ids))
 
     # -- plumbing ----------------------------------------------------------------------
 
@@ -392,6 +409,27 @@ class SqlScoringStore:
         with translate_errors():
             result = await self._connection.execute(statement, parameters)
             return result.first() if result.returns_rows else None
+
+
+def _stored_event(row: Any) -> StoredEvent:
+    currency = row.currency.strip() if row.currency is not None else None
+    amount = row.amount
+    if amount is not None and currency is not None:
+        # The column keeps four decimals; the event said "125.50", so say it again.
+        amount = amount.quantize(Decimal(1).scaleb(-CURRENCY_MINOR_UNITS[currency]))
+    return StoredEvent(
+        event_id=row.event_id,
+        event_type=row.event_type,
+        occurred_at=row.occurred_at,
+        subject_id=row.subject_id,
+        counterparty_id=row.counterparty_id,
+        amount=amount,
+        currency=currency,
+        payload=row.payload,
+        subject_attributes=row.subject_attributes or {},
+        counterparty_attributes=row.counterparty_attributes or {},
+        scoring_failed=bool(row.scoring_failed),
+    )
 
 
 def _stored_ruleset(row: Any) -> StoredRuleset | None:

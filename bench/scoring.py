@@ -305,9 +305,11 @@ class TimedStore:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._store, name)
 
-    async def features(self, event: StoredEvent, ruleset: Ruleset) -> tuple[Features, Features]:
+    async def features_of(
+        self, events: Sequence[StoredEvent], ruleset: Ruleset
+    ) -> list[tuple[Features, Features]]:
         started = time.perf_counter()
-        result = await self._store.features(event, ruleset)
+        result = await self._store.features_of(events, ruleset)
         self._marks.features = (started, time.perf_counter())
         return result  # type: ignore[no-any-return]
 
@@ -495,7 +497,7 @@ def raw_jobs(tenant_id: uuid.UUID, ruleset: Ruleset, sample: Sequence[Transfer])
             subject_attributes={},
             counterparty_attributes={},
         )
-        parameters = feature_parameters(tenant_id, event, ruleset)
+        parameters = feature_parameters(tenant_id, [event], ruleset)
         jobs.append(RawJob(transfer.event_id, tuple(parameters[n] for n in _RAW_NAMES)))
     return jobs
 

@@ -14,7 +14,7 @@ same result whatever the subject's attributes have become since.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
@@ -184,6 +184,10 @@ class AlertRecord:
 
 
 class ScoringStore(Protocol):
+    async def load_events(self, event_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, StoredEvent]:
+        """The events of these ids that exist, by id."""
+        ...
+
     async def load_event(self, event_id: uuid.UUID) -> StoredEvent | None: ...
 
     async def active_ruleset(self) -> StoredRuleset | None: ...
@@ -202,15 +206,22 @@ class ScoringStore(Protocol):
         """Make ``version`` the one active version, retiring the one before."""
         ...
 
-    async def has_assessment(self, event_id: uuid.UUID, ruleset_version: int) -> bool: ...
-
-    async def features(self, event: StoredEvent, ruleset: Ruleset) -> tuple[Features, Features]:
-        """Originator's and beneficiary's features as of the event's time (the event
-        itself included)."""
+    async def assessed(
+        self, event_ids: Sequence[uuid.UUID], ruleset_version: int
+    ) -> set[uuid.UUID]:
+        """Those of the events that have an assessment for this ruleset version."""
         ...
 
-    async def add_assessment(self, record: AssessmentRecord) -> bool:
-        """False when this event already has an assessment for this ruleset version."""
+    async def features_of(
+        self, events: Sequence[StoredEvent], ruleset: Ruleset
+    ) -> list[tuple[Features, Features]]:
+        """For each event, in order, the originator's and the beneficiary's features as of
+        the event's time (the event itself included)."""
+        ...
+
+    async def add_assessments(self, records: Sequence[AssessmentRecord]) -> set[uuid.UUID]:
+        """Store the assessments; answer the events whose assessment was stored (an
+        event that has one for this ruleset version already is left out)."""
         ...
 
     async def open_case(self, subject_id: uuid.UUID) -> Case | None:
@@ -227,4 +238,4 @@ class ScoringStore(Protocol):
 
     async def record_failure(self, event_id: uuid.UUID, attempts: int, reason: str) -> None: ...
 
-    async def clear_failure(self, event_id: uuid.UUID) -> None: ...
+    async def clear_failures(self, event_ids: Sequence[uuid.UUID]) -> None: ...

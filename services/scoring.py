@@ -70,11 +70,9 @@ async def score_event(
     correlation_id: str | None = None,
     now: datetime | None = None,
 ) -> ScoreResult:
-    moment = now or datetime.now(UTC)
-    async with uow_factory(tenant_id) as uow:
-        result = await _score_in(uow, scorers, tenant_id, event_id, correlation_id, moment)
-        if result.outcome is ScoreOutcome.ASSESSED:
-            await uow.commit()
+    (result,) = await score_events(
+        uow_factory, scorers, tenant_id, [(event_id, correlation_id)], now=now
+    )
     return result
 
 
@@ -87,69 +85,91 @@ async def score_events(
     now: datetime | None = None,
 ) -> list[ScoreResult]:
     """Score several events of one tenant (ids with their correlation ids) in one
-    transaction: for each, exactly what :func:`score_event` does, committed together.
+    transaction, and answer for each, in order, what became of it.
 
-    A tenant's scoring transactions commit one after another, since each moves the
-    tenant's audit-chain head; one commit for a batch pays for that, and for the
-    transaction, once. Any failure rolls the whole batch back and is raised: nothing of
-    it is kept, and the caller scores each event alone to find out which one failed.
+    The reads are made for the whole list at once: one statement loads the events, one
+    finds those already assessed, one computes every event's history features, and one
+    stores the assessments. Alerts, which concern few events, then open or join cases
+    event by event, in the order given. A tenant's scoring transactions commit one after
+    another, since each moves the tenant's audit-chain head; one commit for a batch pays
+    for that, and for the transaction, once.
+
+    Any failure rolls the whole batch back and is raised: nothing of it is kept, and the
+    caller scores each event alone to find out which one failed. An event listed twice
+    is scored once; its second entry answers ``already_assessed``.
     """
     moment = now or datetime.now(UTC)
     async with uow_factory(tenant_id) as uow:
-        results = [
-            await _score_in(uow, scorers, tenant_id, event_id, correlation_id, moment)
-            for event_id, correlation_id in events
-        ]
+        results = await _score_all(uow, scorers, tenant_id, events, moment)
         if any(result.outcome is ScoreOutcome.ASSESSED for result in results):
             await uow.commit()
     return results
 
 
-async def _score_in(
+async def _score_all(
     uow: UnitOfWork,
     scorers: ScorerProvider,
     tenant_id: uuid.UUID,
-    event_id: uuid.UUID,
-    correlation_id: str | None,
+    events: Sequence[tuple[uuid.UUID, str | None]],
     moment: datetime,
-) -> ScoreResult:
-    """Score one event in the unit of work's transaction, without committing it."""
+) -> list[ScoreResult]:
+    """Score the events in the unit of work's transaction, without committing it."""
     store = uow.scoring
-    event = await store.load_event(event_id)
-    if event is None:
-        raise EventNotFound(f"no event {event_id}")
+    ids = list(dict.fromkeys(event_id for event_id, _ in events))
+    loaded = await store.load_events(ids)
+    missing = [event_id for event_id in ids if event_id not in loaded]
+    if missing:
+        raise EventNotFound(f"no event {missing[0]}")
     stored = await store.active_ruleset()
     if stored is None:
         raise NoActiveRuleset("the tenant has no active ruleset")
-    if await store.has_assessment(event_id, stored.version):
-        return ScoreResult(ScoreOutcome.ALREADY_ASSESSED)
 
+    done = await store.assessed(ids, stored.version)
+    todo = [loaded[event_id] for event_id in ids if event_id not in done]
     scorer = scorers.scorer_for(tenant_id, stored)
-    originator, beneficiary = await store.features(event, scorers.parse(stored))
-    context = build_context(event, originator, beneficiary)
-    evaluation = scorer.assess(context)
+    features = await store.features_of(todo, scorers.parse(stored))
+    records = []
+    for event, (originator, beneficiary) in zip(todo, features, strict=True):
+        context = build_context(event, originator, beneficiary)
+        records.append(
+            AssessmentRecord(
+                new_id(),
+                event.event_id,
+                stored.version,
+                scorer.name,
+                scorer.assess(context),
+                context,
+                moment,
+            )
+        )
+    # A concurrent scorer may have stored some since we looked: those are left alone.
+    stored_now = await store.add_assessments(records)
 
-    record = AssessmentRecord(
-        new_id(), event_id, stored.version, scorer.name, evaluation, context, moment
-    )
-    if not await store.add_assessment(record):
-        return ScoreResult(ScoreOutcome.ALREADY_ASSESSED)
-    _record_assessment(uow, event, record, correlation_id)
-    alerted = await _raise_alerts(uow, event, record, correlation_id) if evaluation.alert else 0
-    if event.scoring_failed:
-        await store.clear_failure(event_id)
+    correlation = dict(reversed(events))  # the first correlation id given for an event
+    scored: dict[uuid.UUID, ScoreResult] = {}
+    for record in records:
+        if record.event_id not in stored_now:
+            continue
+        event = loaded[record.event_id]
+        correlation_id = correlation.get(record.event_id)
+        _record_assessment(uow, event, record, correlation_id)
+        evaluation = record.evaluation
+        alerted = await _raise_alerts(uow, event, record, correlation_id) if evaluation.alert else 0
+        scored[record.event_id] = ScoreResult(ScoreOutcome.ASSESSED, evaluation.score, alerted)
+        log.debug(
+            "event scored",
+            extra={
+                "tenant_id": str(tenant_id),
+                "event_id": str(record.event_id),
+                "score": evaluation.score,
+                "band": evaluation.band.value,
+                "alerts": alerted,
+            },
+        )
+    await store.clear_failures([event_id for event_id in scored if loaded[event_id].scoring_failed])
 
-    log.debug(
-        "event scored",
-        extra={
-            "tenant_id": str(tenant_id),
-            "event_id": str(event_id),
-            "score": evaluation.score,
-            "band": evaluation.band.value,
-            "alerts": alerted,
-        },
-    )
-    return ScoreResult(ScoreOutcome.ASSESSED, evaluation.score, alerted)
+    already = ScoreResult(ScoreOutcome.ALREADY_ASSESSED)
+    return [scored.pop(event_id, already) for event_id, _ in events]
 
 
 async def record_failure(

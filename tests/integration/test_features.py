@@ -326,3 +326,28 @@ async def test_events_inserted_out_of_order_get_the_same_features_as_in_order(
         expected = reference(history, scored)
         assert ordered == unordered, scored.key
         assert (dict(ordered[0].values), dict(ordered[1].values)) == expected, scored.key
+
+
+async def test_one_statement_for_many_events_gives_each_its_own_features(
+    uow_factory: Any, tenant: uuid.UUID
+) -> None:
+    # Events of different times, accounts and currencies, and a KYC update, asked for in
+    # one list (in an order of their own, one of them twice): each gets exactly what it
+    # gets when asked for alone.
+    history = random_history(seed=3, size=60)
+    raws = [transfer(x.key, x.origin, x.target, x.at, str(x.amount), x.currency) for x in history]
+    ids = await ingest(uow_factory, tenant, [*raws, kyc_update("kyc", "R1", T)])
+    keys = [*random.Random(5).sample(sorted(ids), len(ids)), "r010"]
+
+    async with uow_factory(tenant) as uow:
+        loaded = await uow.scoring.load_events([ids[key] for key in keys])
+        together = await uow.scoring.features_of([loaded[ids[key]] for key in keys], RULESET)
+    alone = [await features_of(uow_factory, tenant, ids[key]) for key in keys]
+
+    assert len(loaded) == len(ids)
+    assert together == alone
+    by_key = {x.key: x for x in history}
+    for key, (originator, beneficiary) in zip(keys, together, strict=True):
+        if key != "kyc":
+            expected = reference(history, by_key[key])
+            assert (dict(originator.values), dict(beneficiary.values)) == expected, key

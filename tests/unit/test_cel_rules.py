@@ -5,7 +5,7 @@ on a bad rule."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -166,8 +166,8 @@ class MemoryScoringStore:
     def __init__(self, memory: ScoringMemory) -> None:
         self.memory = memory
 
-    async def load_event(self, event_id: uuid.UUID) -> StoredEvent | None:
-        return self.memory.events.get(event_id)
+    async def load_events(self, event_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, StoredEvent]:
+        return {e: self.memory.events[e] for e in event_ids if e in self.memory.events}
 
     async def active_ruleset(self) -> StoredRuleset | None:
         active = self.memory.active
@@ -185,18 +185,23 @@ class MemoryScoringStore:
     async def activate(self, version: int, actor: str) -> None:
         self.memory.active = version
 
-    async def has_assessment(self, event_id: uuid.UUID, ruleset_version: int) -> bool:
-        return any(
-            (a.event_id, a.ruleset_version) == (event_id, ruleset_version)
+    async def assessed(
+        self, event_ids: Sequence[uuid.UUID], ruleset_version: int
+    ) -> set[uuid.UUID]:
+        return {
+            a.event_id
             for a in self.memory.assessments
-        )
+            if a.event_id in event_ids and a.ruleset_version == ruleset_version
+        }
 
-    async def features(self, event: StoredEvent, ruleset: Ruleset) -> tuple[Features, Features]:
-        return self.memory.features[event.event_id]
+    async def features_of(
+        self, events: Sequence[StoredEvent], ruleset: Ruleset
+    ) -> list[tuple[Features, Features]]:
+        return [self.memory.features[event.event_id] for event in events]
 
-    async def add_assessment(self, record: AssessmentRecord) -> bool:
-        self.memory.assessments.append(record)
-        return True
+    async def add_assessments(self, records: Sequence[AssessmentRecord]) -> set[uuid.UUID]:
+        self.memory.assessments.extend(records)
+        return {record.event_id for record in records}
 
     async def open_case(self, subject_id: uuid.UUID) -> Case | None:
         return self.memory.cases.get(subject_id)
@@ -211,7 +216,7 @@ class MemoryScoringStore:
     async def add_alert(self, alert: AlertRecord) -> None:
         self.memory.alerts.append(alert)
 
-    async def clear_failure(self, event_id: uuid.UUID) -> None:
+    async def clear_failures(self, event_ids: Sequence[uuid.UUID]) -> None:
         return None
 
 
