@@ -104,7 +104,7 @@ class CelCondition:
         for root, value in context.items():
             if root in self._reads:
                 names = self._reads[root]
-                if names is not None and isinstance(value, Mapping):
+                if names is not None and isinstance(value, dict | Mapping):
                     value = {name: value[name] for name in names if name in value}
                 scope[root] = value
             elif root not in _ROOTS:

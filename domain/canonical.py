@@ -42,6 +42,9 @@ def _default(value: Any) -> Any:
 
 
 def _refuse_floats(value: Any) -> None:
+    # Most of a document is strings and integers: settle those with one quick check.
+    if isinstance(value, str | int) or value is None:
+        return
     if isinstance(value, float):
         raise TypeError("floats cannot be encoded canonically")
     if isinstance(value, Mapping):

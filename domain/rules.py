@@ -335,11 +335,23 @@ def _int(
 class CompiledRuleset:
     ruleset: Ruleset
     conditions: tuple[CompiledCondition, ...]
+    # Per rule, the context fields its explanation shows: worked out once, not per event.
+    observed: tuple[tuple[str, ...], ...] = ()
+
+    def __post_init__(self) -> None:
+        if not self.observed:
+            paths = tuple(
+                tuple(path for path in rule.referenced_fields() if not path.startswith("params."))
+                for rule in self.ruleset.rules
+            )
+            object.__setattr__(self, "observed", paths)
 
     def evaluate(self, context: Mapping[str, Any]) -> Evaluation:
         outcomes = tuple(
-            _evaluate_rule(rule, condition, context)
-            for rule, condition in zip(self.ruleset.rules, self.conditions, strict=True)
+            _evaluate_rule(rule, condition, context, observed)
+            for rule, condition, observed in zip(
+                self.ruleset.rules, self.conditions, self.observed, strict=True
+            )
         )
         score = min(MAX_SCORE, sum(outcome.points for outcome in outcomes))
         return Evaluation(
@@ -376,14 +388,10 @@ def compile_ruleset(
 
 
 def _evaluate_rule(
-    rule: Rule, condition: CompiledCondition, context: Mapping[str, Any]
+    rule: Rule, condition: CompiledCondition, context: Mapping[str, Any], paths: Sequence[str]
 ) -> RuleOutcome:
     scope = {**context, "params": rule.params}
-    observed = {
-        path: _lookup(scope, path)
-        for path in rule.referenced_fields()
-        if not path.startswith("params.")
-    }
+    observed = {path: _lookup(scope, path) for path in paths}
     try:
         fired = condition.evaluate(scope) is True
     except RuleFailed as error:
@@ -417,7 +425,8 @@ def render_reason(template: str, scope: Mapping[str, Any]) -> str:
 def _lookup(scope: Mapping[str, Any], path: str) -> Any:
     value: Any = scope
     for part in path.split("."):
-        if not isinstance(value, Mapping) or part not in value:
+        # dict first: an exact dict is settled before the slower check of the ABC.
+        if not isinstance(value, dict | Mapping) or part not in value:
             return None
         value = value[part]
     return value
