@@ -66,15 +66,13 @@ EARLY_MEMORY_AT = 10_000
 # so that a replay recovers within its own run, and waits longer than that before it
 # gives up on an event.
 #
-# A worker starts jobs only when it polls the queue, and scores the jobs running at once
-# in one transaction (one connection): many jobs per poll and large batches pay. With 8
-# jobs and batches of 16 the first 20,000 transfers ran at 82 events/s end to end; with
-# 64 and 32, at 117.
+# The dispatcher hands a worker batches of up to VIGIL_DISPATCH_BATCH_SIZE events, each
+# scored in one transaction; one tenant's transactions commit one after another (each
+# moves its audit-chain head), so a few jobs at once per worker keep it busy.
 CHILD_DEFAULTS = {
     "VIGIL_RECONCILE_DEADLINE_SECONDS": "60",
     "VIGIL_RECONCILE_INTERVAL_SECONDS": "15",
-    "VIGIL_WORKER_CONCURRENCY": "64",
-    "VIGIL_WORKER_BATCH_SIZE": "32",
+    "VIGIL_WORKER_CONCURRENCY": "4",
 }
 # A batch the portal could not take for a passing reason (the database out of
 # connections, say) is sent again: its keys make a second delivery harmless.
