@@ -55,6 +55,7 @@ log = logging.getLogger(__name__)
 MIN_PERIOD_SECONDS = 60.0
 ENQUEUE_CONCURRENCY = 50
 MAX_REDRIVE = 10_000
+CHECK_SLICE = 500
 
 
 class Reconciler:
@@ -95,6 +96,30 @@ class Reconciler:
         if not overdue:
             return 0
         period = int(time.time() // self._period_seconds)
+        # In slices, so that a pass over a long backlog holds a slice's ids, replies and
+        # tasks at a time rather than all of them.
+        due = enqueued = 0
+        for start in range(0, len(overdue), CHECK_SLICE):
+            slice_due, slice_enqueued = await self._redrive(
+                overdue[start : start + CHECK_SLICE], period
+            )
+            due += slice_due
+            enqueued += slice_enqueued
+        SCORING_REDRIVEN.labels("reconciler").inc(enqueued)
+        log.info(
+            "unassessed events enqueued again",
+            extra={
+                "overdue": len(overdue),
+                "already_waiting": len(overdue) - due,
+                "enqueued": enqueued,
+                "tenant_id": str(tenant_id) if tenant_id else None,
+            },
+        )
+        return enqueued
+
+    async def _redrive(self, overdue: Sequence[Unassessed], period: int) -> tuple[int, int]:
+        """Enqueue those of ``overdue`` whose job is not waiting; return how many were due
+        and how many were enqueued."""
         # An event's job may wait under its own id, under last period's re-drive id, or
         # as one of a batch (the dispatcher's): any of them waiting will score it.
         batches = await batch_markers(
@@ -128,17 +153,7 @@ class Reconciler:
                 )
 
         enqueued = sum(await asyncio.gather(*(enqueue(item) for item in due)))
-        SCORING_REDRIVEN.labels("reconciler").inc(enqueued)
-        log.info(
-            "unassessed events enqueued again",
-            extra={
-                "overdue": len(overdue),
-                "already_waiting": len(overdue) - len(due),
-                "enqueued": enqueued,
-                "tenant_id": str(tenant_id) if tenant_id else None,
-            },
-        )
-        return enqueued
+        return len(due), enqueued
 
     async def run(self, stop: asyncio.Event) -> None:
         """A pass every interval until ``stop`` is set (none when the interval is 0)."""

@@ -8,6 +8,7 @@ messages and failures.
 from __future__ import annotations
 
 import asyncio
+import tracemalloc
 import uuid
 from datetime import timedelta
 from typing import Any
@@ -21,6 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from adapters.audit_trail import verify
 from adapters.score_queue import MAX_BATCH, batch_job_id, enqueue_batch, enqueue_score, job_id
 from adapters.settings import Settings
+from adapters.tenants import create_tenant
 from domain.ports import UnitOfWorkFactory
 from tests.integration.inbound_support import TcpProxy
 from tests.integration.scoring_support import (
@@ -369,6 +371,35 @@ async def test_the_reconciler_leaves_alone_an_event_whose_batch_is_waiting(
     assert batch_job_id(tenant, waiting) in queued
     assert len(queued) == 2
     assert any(job.startswith(f"{job_id(tenant, lost)}:r") for job in queued)
+
+
+async def test_a_reconciler_pass_holds_no_more_for_a_long_backlog_than_for_a_short_one(
+    scoring: Settings,
+    queue: ArqRedis,
+    owner_engine: AsyncEngine,
+    uow_factory: UnitOfWorkFactory,
+    app_engine: AsyncEngine,
+    transaction_event: Any,
+) -> None:
+    async def peak_of_a_pass(backlog: int) -> int:
+        tenant = await create_tenant(owner_engine, f"t-{uuid.uuid4().hex[:12]}", "Backlog bank")
+        for _ in range(backlog // 500):
+            await ingest(uow_factory, tenant, [transaction_event() for _each in range(500)])
+        tracemalloc.start()
+        try:
+            enqueued = await reconciler(scoring, app_engine, queue).run_once(tenant)
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        assert enqueued == backlog
+        await forget_jobs(queue, scoring.score_queue)
+        return peak
+
+    short, long = await peak_of_a_pass(500), await peak_of_a_pass(2_500)
+
+    # Five times the backlog: the rows read grow with it, but not the ids, replies and
+    # tasks of the checks and enqueues, which a pass holds a slice of at a time.
+    assert long < 2.5 * short, (short, long)
 
 
 # -- helpers ------------------------------------------------------------------------------
