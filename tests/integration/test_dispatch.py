@@ -343,7 +343,7 @@ async def test_messages_that_arrive_together_share_a_job_per_tenant(
     outcomes = Counter("vigil_dispatch_messages_total", "outcome")
 
     # Batches of ten, and a linger long enough that only a full batch closes early.
-    async with dispatching(queue, prefetch=100, batch_size=10, linger_seconds=2.0):
+    async with dispatching(queue, prefetch=100, batch_size=10, linger_seconds=5.0):
         for envelope in envelopes:
             await publish(envelope)
         await eventually(lambda: _equals(outcomes.since, {"enqueued": 35}), what="enqueued")
