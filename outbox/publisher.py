@@ -23,13 +23,15 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 import aio_pika
-from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractExchange
+import aiormq
+from aio_pika.abc import AbstractChannel, AbstractConnection
 from aio_pika.exceptions import (
     AMQPConnectionError,
     ChannelInvalidStateError,
     DeliveryError,
     PublishError,
 )
+from pamqp.commands import Basic
 
 from adapters.broker import Names, declare_topology
 from domain.errors import TransientFailure
@@ -85,7 +87,10 @@ class Publisher:
         self._connection_name = connection_name
         self._connection: AbstractConnection | None = None
         self._channel: AbstractChannel | None = None
-        self._exchange: AbstractExchange | None = None
+        # The channel aio-pika wraps: publishing on it directly spares each message an
+        # aio_pika.Message and its locked attributes (a tenth of the relay's time).
+        self._amqp: aiormq.Channel | None = None
+        self._exchange = names.events_exchange
 
     @property
     def connected(self) -> bool:
@@ -110,7 +115,11 @@ class Publisher:
             self._channel = await self._connection.channel(
                 publisher_confirms=True, on_return_raises=True
             )
-            self._exchange = await declare_topology(self._channel, self._names)
+            _ = await declare_topology(self._channel, self._names)
+            underlay = await self._channel.get_underlay_channel()
+            if not isinstance(underlay, aiormq.Channel):
+                raise TypeError(f"unexpected AMQP channel {type(underlay).__name__}")
+            self._amqp = underlay
         except (AMQPConnectionError, ConnectionError, OSError, TimeoutError) as error:
             await self.close()
             raise BrokerUnavailable(f"cannot reach the broker: {_describe(error)}") from error
@@ -118,7 +127,7 @@ class Publisher:
 
     async def close(self) -> None:
         connection, self._connection = self._connection, None
-        self._channel = self._exchange = None
+        self._channel = self._amqp = None
         if connection is not None and not connection.is_closed:
             try:
                 await connection.close()
@@ -127,15 +136,22 @@ class Publisher:
 
     async def publish(self, row: PendingRow) -> Delivery:
         """Publish a row's CloudEvent and wait for the broker's answer."""
-        exchange = self._exchange
-        if exchange is None or not self.connected:
+        channel = self._amqp
+        if channel is None or not self.connected:
             raise BrokerUnavailable("not connected to the broker")
-        message = _message(row)
 
         started = time.perf_counter()
         try:
-            await exchange.publish(
-                message, routing_key=row.message_type, mandatory=True, timeout=self._timeout
+            # wait=False: the frames are queued for the connection's writer without a
+            # wait for each write; the broker's answer is awaited all the same.
+            _ = await channel.basic_publish(
+                row.body.encode(),
+                exchange=self._exchange,
+                routing_key=row.message_type,
+                properties=_properties(row),
+                mandatory=True,
+                timeout=self._timeout,
+                wait=False,
             )
         except PublishError as error:
             return _failed(Outcome.RETURNED, started, error)
@@ -157,14 +173,13 @@ class Publisher:
         return Delivery(Outcome.PUBLISHED, time.perf_counter() - started)
 
 
-def _message(row: PendingRow) -> aio_pika.Message:
-    return aio_pika.Message(
-        body=row.body.encode(),
+def _properties(row: PendingRow) -> Basic.Properties:
+    return Basic.Properties(
         content_type=CONTENT_TYPE,
-        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+        delivery_mode=2,  # persistent
         message_id=str(row.message_id),
         correlation_id=row.correlation_id,
-        type=row.message_type,
+        message_type=row.message_type,
         app_id="vigil",
         headers={"tenantid": str(row.tenant_id), "type": row.message_type},
     )
