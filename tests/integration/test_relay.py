@@ -236,6 +236,62 @@ async def test_a_message_the_broker_refuses_stays_pending(
     assert published_total("nacked") - nacked_before == 1
 
 
+async def test_in_a_batch_only_the_refused_message_is_counted_against_its_row(
+    tenant: uuid.UUID,
+    make_relay: MakeRelay,
+    owner_engine: AsyncEngine,
+    amqp: AbstractRobustConnection,
+    names: Names,
+) -> None:
+    # The batch's messages leave together; each broker answer must reach its own row.
+    message_type = f"test.refused.{secrets.token_hex(4)}"
+    async with amqp.channel() as channel, tap(amqp, names, tenant) as queue:
+        full = await channel.declare_queue(
+            exclusive=True, arguments={"x-max-length": 0, "x-overflow": "reject-publish"}
+        )
+        await full.bind(names.events_exchange, routing_key=message_type)
+        async with owner_engine.begin() as connection:
+            before = [(await insert_row(connection, tenant))[0] for _ in range(3)]
+            refused, _ = await insert_row(connection, tenant, message_type=message_type)
+            after = [(await insert_row(connection, tenant))[0] for _ in range(3)]
+
+        assert await make_relay().run_once() == 7
+        await until(lambda: len(queue.messages) == 6)
+
+    assert sorted(queue.ids) == sorted(str(message_id) for message_id in before + after)
+    rows = await outbox_rows(owner_engine, tenant)
+    assert rows[str(refused)].last_error.startswith("nacked")
+    assert rows[str(refused)].published_at is None
+    assert all(rows[str(message_id)].published_at for message_id in before + after)
+
+
+async def test_a_message_larger_than_a_frame_arrives_whole(
+    tenant: uuid.UUID,
+    make_relay: MakeRelay,
+    owner_engine: AsyncEngine,
+    amqp: AbstractRobustConnection,
+    names: Names,
+) -> None:
+    padding = secrets.token_hex(150_000)  # 300,000 characters: above the 128 KiB frame
+    async with owner_engine.begin() as connection:
+        message_id, _ = await insert_row(connection, tenant)
+        await connection.execute(
+            text(
+                "UPDATE outbox SET envelope = jsonb_set(envelope, '{data,padding}', to_jsonb("
+                "CAST(:padding AS text))) WHERE tenant_id = :tenant AND message_id = :id"
+            ),
+            {"padding": padding, "tenant": tenant, "id": message_id},
+        )
+
+    async with tap(amqp, names, tenant) as queue:
+        assert await make_relay().run_once() == 1
+        await until(lambda: len(queue.messages) == 1)
+
+    (envelope,) = queue.envelopes()
+    assert envelope["id"] == str(message_id)
+    assert envelope["data"]["padding"] == padding
+
+
 @pytest.mark.usefixtures("amqp")
 async def test_a_publish_without_an_answer_in_time_stays_pending(
     settings: Settings, tenant: uuid.UUID, relay_engine: AsyncEngine, owner_engine: AsyncEngine
