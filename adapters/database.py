@@ -90,4 +90,9 @@ def translate_errors() -> Iterator[None]:
             raise TransientFailure(f"the database asked for a retry ({sqlstate(error)})") from error
         raise
     except (OSError, asyncpg.PostgresConnectionError) as error:
+        # asyncpg's own, from code that uses it directly (the relay's claim loops).
         raise TransientFailure("the database connection failed") from error
+    except asyncpg.PostgresError as error:
+        if error.sqlstate in _TRANSIENT_SQLSTATES:
+            raise TransientFailure(f"the database asked for a retry ({error.sqlstate})") from error
+        raise

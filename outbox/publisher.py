@@ -23,13 +23,18 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 import aio_pika
-from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractExchange
+import aiormq
+from aio_pika.abc import AbstractChannel, AbstractConnection
 from aio_pika.exceptions import (
     AMQPConnectionError,
     ChannelInvalidStateError,
     DeliveryError,
     PublishError,
 )
+from aiormq.abc import ChannelFrame
+from pamqp.body import ContentBody
+from pamqp.commands import Basic
+from pamqp.header import ContentHeader
 
 from adapters.broker import Names, declare_topology
 from domain.errors import TransientFailure
@@ -85,7 +90,7 @@ class Publisher:
         self._connection_name = connection_name
         self._connection: AbstractConnection | None = None
         self._channel: AbstractChannel | None = None
-        self._exchange: AbstractExchange | None = None
+        self._sender: _Sender | None = None
 
     @property
     def connected(self) -> bool:
@@ -110,7 +115,11 @@ class Publisher:
             self._channel = await self._connection.channel(
                 publisher_confirms=True, on_return_raises=True
             )
-            self._exchange = await declare_topology(self._channel, self._names)
+            _ = await declare_topology(self._channel, self._names)
+            underlay = await self._channel.get_underlay_channel()
+            if not isinstance(underlay, aiormq.Channel):
+                raise TypeError(f"unexpected AMQP channel {type(underlay).__name__}")
+            self._sender = _Sender(underlay, self._names.events_exchange)
         except (AMQPConnectionError, ConnectionError, OSError, TimeoutError) as error:
             await self.close()
             raise BrokerUnavailable(f"cannot reach the broker: {_describe(error)}") from error
@@ -118,7 +127,9 @@ class Publisher:
 
     async def close(self) -> None:
         connection, self._connection = self._connection, None
-        self._channel = self._exchange = None
+        if self._sender is not None:
+            self._sender.close()
+        self._channel = self._sender = None
         if connection is not None and not connection.is_closed:
             try:
                 await connection.close()
@@ -127,16 +138,15 @@ class Publisher:
 
     async def publish(self, row: PendingRow) -> Delivery:
         """Publish a row's CloudEvent and wait for the broker's answer."""
-        exchange = self._exchange
-        if exchange is None or not self.connected:
+        sender = self._sender
+        if sender is None or not self.connected:
             raise BrokerUnavailable("not connected to the broker")
-        message = _message(row)
 
         started = time.perf_counter()
         try:
-            await exchange.publish(
-                message, routing_key=row.message_type, mandatory=True, timeout=self._timeout
-            )
+            confirmation = sender.send(row)
+            async with asyncio.timeout(self._timeout):
+                _ = await confirmation
         except PublishError as error:
             return _failed(Outcome.RETURNED, started, error)
         except DeliveryError as error:
@@ -157,14 +167,79 @@ class Publisher:
         return Delivery(Outcome.PUBLISHED, time.perf_counter() - started)
 
 
-def _message(row: PendingRow) -> aio_pika.Message:
-    return aio_pika.Message(
-        body=row.body.encode(),
+class _Sender:
+    """Publishes on one confirming aiormq channel, writing the frames of every message
+    sent in one turn of the event loop to the socket at once.
+
+    aiormq's own ``basic_publish`` queues each message for the connection's writer on
+    its own, and the writer then makes one ``send()`` per message: on a busy machine
+    the largest single cost of publishing, for the relay and the broker alike. This does
+    what ``basic_publish`` does for a confirmed message (the next delivery tag, a
+    confirmation registered under it and under the message id, where returns and
+    nacks find it) and leaves the frames to one flush per turn. Delivery tags follow
+    the order of the frames on the wire, because this is the channel's only publisher
+    and the flushes go out one after another.
+    """
+
+    def __init__(self, channel: aiormq.Channel, exchange: str) -> None:
+        self._channel = channel
+        self._exchange = exchange
+        self._frames: list[Basic.Publish | ContentHeader | ContentBody] = []
+        self._flushing = asyncio.Lock()
+        self._flush_due = False
+        self._flushes: set[asyncio.Task[None]] = set()
+
+    def send(self, row: PendingRow) -> asyncio.Future[object]:
+        """Queue a row's message; return the future of the broker's answer."""
+        channel = self._channel
+        body = row.body.encode()
+        message_id = str(row.message_id)
+        channel.delivery_tag += 1
+        delivery_tag = channel.delivery_tag
+        confirmation: asyncio.Future[object] = channel.create_future()
+        channel.confirmations[delivery_tag] = confirmation
+        channel.message_id_delivery_tag[message_id] = delivery_tag
+
+        def forget(_: asyncio.Future[object]) -> None:
+            if channel.message_id_delivery_tag.get(message_id) == delivery_tag:
+                del channel.message_id_delivery_tag[message_id]
+
+        confirmation.add_done_callback(forget)
+        self._frames.append(
+            Basic.Publish(exchange=self._exchange, routing_key=row.message_type, mandatory=True)
+        )
+        self._frames.append(ContentHeader(properties=_properties(row), body_size=len(body)))
+        size = channel.max_content_size  # the largest body frame this connection takes
+        self._frames.extend(ContentBody(body[at : at + size]) for at in range(0, len(body), size))
+        if not self._flush_due:
+            self._flush_due = True
+            flush = asyncio.get_running_loop().create_task(self._flush())
+            self._flushes.add(flush)
+            flush.add_done_callback(self._flushes.discard)
+        return confirmation
+
+    def close(self) -> None:
+        for flush in self._flushes:
+            _ = flush.cancel()
+
+    async def _flush(self) -> None:
+        # Runs after the tasks already scheduled in this turn: their messages go too.
+        async with self._flushing:
+            frames, self._frames = self._frames, []
+            self._flush_due = False
+            if frames:
+                await self._channel.write_queue.put(
+                    ChannelFrame.marshall(channel_number=self._channel.number, frames=frames)
+                )
+
+
+def _properties(row: PendingRow) -> Basic.Properties:
+    return Basic.Properties(
         content_type=CONTENT_TYPE,
-        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+        delivery_mode=2,  # persistent
         message_id=str(row.message_id),
         correlation_id=row.correlation_id,
-        type=row.message_type,
+        message_type=row.message_type,
         app_id="vigil",
         headers={"tenantid": str(row.tenant_id), "type": row.message_type},
     )

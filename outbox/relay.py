@@ -24,6 +24,7 @@ import signal
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
+import asyncpg
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from adapters.broker import Names
@@ -48,6 +49,9 @@ log = logging.getLogger(__name__)
 PURGE_BATCH = 5000
 PURGE_INTERVAL_SECONDS = 60.0
 STATS_INTERVAL_SECONDS = 5.0
+_CONNECT_TIMEOUT_SECONDS = 10.0
+
+_PUBLISHED = RELAY_PUBLISHED.labels(Outcome.PUBLISHED.value)
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +93,10 @@ class Relay:
         self._max_attempts = max_attempts
         self._retention_seconds = retention_hours * 3600
         self._retry = retry
+        # Each claim loop keeps a database connection of its own and speaks to it with
+        # asyncpg directly; the engine serves the chores (purge, statistics).
+        self._dsn = plain_url(engine.url.render_as_string(hide_password=False))
+        self._connection: asyncpg.Connection | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings, engine: AsyncEngine) -> Relay:
@@ -106,6 +114,12 @@ class Relay:
         )
 
     async def close(self) -> None:
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            try:
+                await connection.close(timeout=_CONNECT_TIMEOUT_SECONDS)
+            except Exception:  # a connection that broke is dropped all the same
+                connection.terminate()
         await self._publisher.close()
 
     async def run_once(self) -> int:
@@ -116,24 +130,45 @@ class Relay:
         await self._publisher.connect()
 
         with translate_errors():
-            async with self._engine.connect() as connection, connection.begin():
-                groups = await store.claim(connection, self._batch_size)
-                if not groups:
-                    return 0
-                results = await asyncio.gather(
-                    *(self._publish_in_order(rows) for rows in groups.values())
-                )
-                published = [row for result in results for row in result.published]
-                failures = [result.failure for result in results if result.failure]
-                await store.mark_published(connection, published)
-                await store.mark_failed(connection, failures)
+            connection = await self._database()
+            try:
+                async with connection.transaction():
+                    groups = await store.claim(connection, self._batch_size)
+                    if not groups:
+                        return 0
+                    results = await asyncio.gather(
+                        *(self._publish_in_order(rows) for rows in groups.values())
+                    )
+                    published = [row for result in results for row in result.published]
+                    failures = [result.failure for result in results if result.failure]
+                    await store.mark_published(connection, published)
+                    await store.mark_failed(connection, failures)
+            except BaseException:
+                # Whatever broke (or cancelled) the batch, its connection is not trusted
+                # again: closing it rolls back and releases every row it had claimed.
+                self._connection = None
+                connection.terminate()
+                raise
 
+        _PUBLISHED.inc(len(published))
         RELAY_PUBLISHED.labels("parked").inc(sum(failure.park for failure in failures))
         lost = next((result.lost for result in results if result.lost), None)
         if lost is not None:
             await self._publisher.close()
             raise lost
         return sum(len(rows) for rows in groups.values())
+
+    async def _database(self) -> asyncpg.Connection:
+        connection = self._connection
+        if connection is None or connection.is_closed():
+            self._connection = None
+            connection = await asyncpg.connect(
+                self._dsn,
+                timeout=_CONNECT_TIMEOUT_SECONDS,
+                server_settings={"application_name": "vigil-relay"},
+            )
+            self._connection = connection
+        return connection
 
     async def _publish_in_order(self, rows: Sequence[PendingRow]) -> _KeyResult:
         result = _KeyResult()
@@ -145,11 +180,11 @@ class Relay:
                 result.lost = error
                 return result
 
-            RELAY_PUBLISHED.labels(delivery.outcome.value).inc()
             if delivery.outcome is Outcome.PUBLISHED:
                 RELAY_PUBLISH_SECONDS.observe(delivery.seconds)
                 result.published.append(row)
                 continue
+            RELAY_PUBLISHED.labels(delivery.outcome.value).inc()
             result.failure = self._failed(row, delivery.outcome, delivery.error or "")
             return result
         return result
@@ -209,9 +244,8 @@ async def run(settings: Settings) -> None:
     """The ``vigil relay`` process."""
     serve_metrics(settings.relay_metrics_port)
     workers = settings.relay_concurrency
-    engine = make_engine(
-        settings.relay_database_url, pool_size=workers + 1, application_name="vigil-relay"
-    )
+    # The claim loops have connections of their own; the engine serves the two chores.
+    engine = make_engine(settings.relay_database_url, pool_size=2, application_name="vigil-relay")
     # Several claim loops, each with its own channel: while one waits for the broker's
     # confirms, another claims or commits. Head-of-subject claiming keeps them in order.
     relays = [Relay.from_settings(settings, engine) for _ in range(workers)]
