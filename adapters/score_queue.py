@@ -52,7 +52,7 @@ from typing import Any
 
 from arq.connections import ArqRedis
 from arq.constants import in_progress_key_prefix, job_key_prefix
-from redis.asyncio import ConnectionPool
+from redis.asyncio import BlockingConnectionPool
 from redis.exceptions import RedisError
 
 from adapters.settings import Settings
@@ -65,6 +65,8 @@ MAX_BATCH = 500
 # As long as arq keeps a job it has not run (a day, its default expiry).
 MARKER_SECONDS = 24 * 3600
 _MARKER_PREFIX = "vigil:score-batch:"
+# How long a command waits for a free connection of the pool before it fails.
+POOL_WAIT_SECONDS = 10
 
 
 def dumps(value: Any) -> bytes:
@@ -102,9 +104,13 @@ def operator_job_id(tenant_id: uuid.UUID, event_id: uuid.UUID) -> str:
 def connect(settings: Settings, *, max_connections: int = 50) -> ArqRedis:
     """A client of the score queue. Nothing is sent until it is used, so a process starts
     while Redis is down; each command then fails with :class:`TransientFailure`."""
-    pool = ConnectionPool.from_url(
+    # A blocking pool: more commands at once than it has connections (a reconciler pass
+    # enqueueing many events beside the dispatcher's own) wait for one instead of failing
+    # with "too many connections", which would requeue every message in hand.
+    pool = BlockingConnectionPool.from_url(
         settings.redis_url,
         max_connections=max_connections,
+        timeout=POOL_WAIT_SECONDS,
         socket_connect_timeout=2.0,
         socket_timeout=5.0,
     )

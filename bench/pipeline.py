@@ -2,11 +2,13 @@
 
 The real processes run (portal, relay, dispatcher and ``VIGIL_BENCH_WORKERS`` scoring
 workers, as ``vigil demo`` starts them) and AMLSim transfers are offered through the
-GraphQL door at a stepped rate, doubling each step. A step holds its rate for
-``STEP_SECONDS``; the backlog (events stored but not yet assessed) is read from the
-database at its start and end. The sustained rate is the highest step whose backlog did
-not grow by more than ``GROWTH_SECONDS`` of its own rate; after each step the backlog is
-left to drain, so steps do not inherit each other's queue. Then the pipeline is driven
+GraphQL door at a stepped rate, doubling each step until one falls behind, then halving
+the gap between the last step that kept up and the first that did not, twice. A step
+holds its rate for ``STEP_SECONDS``; the backlog (events stored but not yet assessed) is
+read from the database a third of the way in (what is merely in flight by then is not a
+backlog) and at its end. The sustained rate is the highest step whose backlog did not
+grow by more than ``GROWTH_SECONDS`` of its own rate in between; after each step the
+backlog is left to drain, so steps do not inherit each other's queue. Then the pipeline is driven
 at half the sustained rate and the latency from an event's ``received_at`` to its
 assessment's ``scored_at`` is read for the events of that phase (p50, p99).
 """
@@ -41,6 +43,7 @@ STEP_SECONDS = float(os.environ.get("VIGIL_BENCH_STEP_SECONDS", "15"))
 FIRST_RATE = float(os.environ.get("VIGIL_BENCH_FIRST_RATE", "25"))
 MAX_RATE = 3200.0
 GROWTH_SECONDS = 2.0
+REFINEMENTS = 2
 DRAIN_SECONDS = 120.0
 TICK = 0.2
 
@@ -128,12 +131,15 @@ async def _measure(settings: Settings, tenant_id: uuid.UUID, base: str) -> list[
     headers = {"Authorization": f"Bearer {token}"}
     try:
         async with httpx.AsyncClient(base_url=base, headers=headers, timeout=120) as client:
-            rate = FIRST_RATE
-            while rate <= MAX_RATE:
+
+            async def step_at(rate: float) -> Step:
+                offering = asyncio.create_task(_offer(client, events, rate, STEP_SECONDS))
+                # The events in flight when the step starts are not a backlog: growth is
+                # read from a third of the way in, once the pipeline runs at this rate.
+                await asyncio.sleep(STEP_SECONDS / 3)
                 before = await _backlog(engine, tenant_id)
-                achieved = await _offer(client, events, rate, STEP_SECONDS)
+                achieved = await offering
                 step = Step(rate, achieved, await _backlog(engine, tenant_id) - before)
-                steps.append(step)
                 print(
                     f"  offered {rate:6.0f}/s (sent {achieved:6.0f}/s): backlog"
                     f" {'+' if step.growth >= 0 else ''}{step.growth}"
@@ -141,9 +147,19 @@ async def _measure(settings: Settings, tenant_id: uuid.UUID, base: str) -> list[
                     flush=True,
                 )
                 await _drain(engine, tenant_id)
+                return step
+
+            # Doubling until a step falls behind, then halving the gap a few times.
+            rate, good, bad = FIRST_RATE, 0.0, 0.0
+            while rate <= MAX_RATE:
+                steps.append(step := await step_at(rate))
                 if not step.kept_up:
+                    bad = rate
                     break
-                rate *= 2
+                good, rate = rate, rate * 2
+            for _ in range(REFINEMENTS if bad else 0):
+                steps.append(step := await step_at((good + bad) / 2))
+                good, bad = (step.rate, bad) if step.kept_up else (good, step.rate)
             sustained = max((s.achieved for s in steps if s.kept_up), default=0.0)
             half = sustained / 2
             since = datetime.now().astimezone()

@@ -20,7 +20,14 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from adapters.audit_trail import verify
-from adapters.score_queue import MAX_BATCH, batch_job_id, enqueue_batch, enqueue_score, job_id
+from adapters.score_queue import (
+    MAX_BATCH,
+    batch_job_id,
+    connect,
+    enqueue_batch,
+    enqueue_score,
+    job_id,
+)
 from adapters.settings import Settings
 from adapters.tenants import create_tenant
 from domain.ports import UnitOfWorkFactory
@@ -400,6 +407,24 @@ async def test_a_reconciler_pass_holds_no_more_for_a_long_backlog_than_for_a_sho
     # Five times the backlog: the rows read grow with it, but not the ids, replies and
     # tasks of the checks and enqueues, which a pass holds a slice of at a time.
     assert long < 2.5 * short, (short, long)
+
+
+async def test_more_enqueues_at_once_than_the_pool_has_connections_wait_for_one(
+    scoring: Settings,
+    tenant: uuid.UUID,
+    uow_factory: UnitOfWorkFactory,
+    app_engine: AsyncEngine,
+    transaction_event: Any,
+) -> None:
+    # A reconciler pass enqueues many events at once; a client with fewer connections
+    # than that makes the rest wait rather than refuse them ("too many connections").
+    events = await ingest(uow_factory, tenant, [transaction_event() for _ in range(120)])
+    small = connect(scoring, max_connections=3)
+    try:
+        assert await reconciler(scoring, app_engine, small).run_once(tenant) == len(events)
+        assert len(await queued_job_ids(small, scoring.score_queue)) == len(events)
+    finally:
+        await small.aclose(close_connection_pool=True)
 
 
 # -- helpers ------------------------------------------------------------------------------
