@@ -42,7 +42,7 @@ from vigil.provisioning import install_default_ruleset
 STEP_SECONDS = float(os.environ.get("VIGIL_BENCH_STEP_SECONDS", "15"))
 FIRST_RATE = float(os.environ.get("VIGIL_BENCH_FIRST_RATE", "25"))
 MAX_RATE = 3200.0
-GROWTH_SECONDS = 2.0
+GROWTH_SECONDS = 0.5
 REFINEMENTS = 2
 DRAIN_SECONDS = 120.0
 TICK = 0.2
