@@ -91,3 +91,8 @@ def translate_errors() -> Iterator[None]:
         raise
     except (OSError, asyncpg.PostgresConnectionError) as error:
         raise TransientFailure("the database connection failed") from error
+    except asyncpg.PostgresError as error:
+        # Raised by the driver itself where a path uses it without SQLAlchemy (ingest).
+        if error.sqlstate in _TRANSIENT_SQLSTATES:
+            raise TransientFailure(f"the database asked for a retry ({error.sqlstate})") from error
+        raise

@@ -22,7 +22,7 @@ from strawberry.scalars import JSON
 
 from adapters.auth import Role
 from adapters.metrics import EVENTS_INGESTED
-from domain.ports import UnitOfWorkFactory
+from domain.ports import IngestUnitOfWorkFactory, UnitOfWorkFactory
 from portal.auth import Identity, authenticated, authorize_write
 from portal.case_mutations import CaseMutation
 from portal.errors import BadRequest
@@ -40,6 +40,7 @@ class Context(BaseContext, kw_only=True):
     identity: Identity
     correlation_id: str
     uow_factory: UnitOfWorkFactory
+    ingest_uow_factory: IngestUnitOfWorkFactory
     # The request's reads (session and DataLoaders), for an authenticated caller.
     reader: Reader | None = None
     hub: Hub
@@ -66,6 +67,7 @@ async def context_of(request: ASGIConnection[Any, Any, Any, Any]) -> Context:
         identity=identity,
         correlation_id=correlation_id,
         uow_factory=resources.uow_factory,
+        ingest_uow_factory=resources.ingest_uow_factory,
         hub=resources.hub,
         catch_up_limit=resources.settings.live_catch_up_limit,
         reader=Reader(resources.engine, principal, correlation_id)
@@ -158,7 +160,7 @@ async def resolve_ingest_events(info: Info, input: IngestEventsInput) -> IngestE
     )
     try:
         results = await ingest_events(
-            info.context.uow_factory, caller, [event.as_raw() for event in input.events]
+            info.context.ingest_uow_factory, caller, [event.as_raw() for event in input.events]
         )
     except BatchTooLarge as error:
         raise BadRequest(error.message, field="input.events") from error
