@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import tempfile
 import threading
 import time
@@ -18,7 +19,7 @@ from collections.abc import Callable
 from datetime import timedelta
 from functools import partial
 from types import FrameType
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import uvicorn
 from graphql import ASTValidationRule
@@ -228,7 +229,11 @@ def run(host: str | None = None, port: int | None = None, workers: int | None = 
         ws_max_size=MAX_WEBSOCKET_FRAME_BYTES,
     )
     if count > 1:
-        _run_workers(config(f"{__name__}:worker_app", factory=True, workers=count))
+        _run_workers(
+            config(f"{__name__}:worker_app", factory=True, workers=count),
+            host or settings.portal_host,
+            port or settings.portal_port,
+        )
         return
 
     server = uvicorn.Server(config(create_app(settings)))
@@ -263,11 +268,53 @@ def _stop_when_orphaned(supervisor: int) -> None:
     threading.Thread(target=watch, name="orphan-watch", daemon=True).start()
 
 
-def _run_workers(config: uvicorn.Config) -> None:
-    with tempfile.TemporaryDirectory(prefix="vigil-portal-metrics-") as directory:
+class _ListenerPerWorker(socket.socket):
+    """The supervisor's socket: bound with SO_REUSEPORT, so that the address is taken
+    (and checked) once, but never listening. Handed to a worker, it becomes a socket of
+    the worker's own on the same address (see :func:`_own_listener`).
+
+    One listening socket shared by every worker lets whichever worker wakes first
+    accept every connection waiting (uvloop accepts until none is left), so a burst of
+    keep-alive connections, a client's pool or a load balancer's, could all land on one
+    worker and leave the other cores idle for as long as they lived. With a listening
+    socket per worker, the kernel spreads new connections over the workers.
+    """
+
+    def __reduce__(self) -> tuple[object, tuple[int, tuple[Any, ...]]]:
+        return _own_listener, (int(self.family), self.getsockname())
+
+
+def _own_listener(family: int, address: tuple[Any, ...]) -> socket.socket:
+    """A worker's listening socket on the supervisor's address, in the same
+    SO_REUSEPORT group (the same user may join it, no other)."""
+    own = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    own.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    own.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    own.bind(address)
+    return own
+
+
+def _bind_supervisor_socket(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    bound = _ListenerPerWorker(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    try:
+        bound.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        bound.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        bound.bind((host, port))
+    except OSError as error:
+        bound.close()
+        raise SystemExit(f"vigil portal: cannot bind {host}:{port}: {error}") from error
+    return bound
+
+
+def _run_workers(config: uvicorn.Config, host: str, port: int) -> None:
+    with (
+        tempfile.TemporaryDirectory(prefix="vigil-portal-metrics-") as directory,
+        _bind_supervisor_socket(host, port) as bound,
+    ):
         # Inherited by the workers, which then keep their metrics in files there.
         os.environ[MULTIPROCESS_DIRECTORY] = directory
         os.environ[_SUPERVISOR] = str(os.getpid())
         log.info("portal supervisor started", extra={"workers": config.workers})
-        Multiprocess(config, sockets=[config.bind_socket()]).run()
+        Multiprocess(config, sockets=[bound]).run()
         log.info("portal supervisor stopped")
