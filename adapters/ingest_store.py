@@ -18,10 +18,11 @@ invalidated rather than returned to the pool.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any, Self
@@ -29,10 +30,10 @@ from typing import Any, Self
 import asyncpg
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from adapters.database import sqlstate, translate_errors
+from adapters.database import translate_errors
 from domain.audit import AuditEntry
 from domain.canonical import plain_json
-from domain.errors import UnknownTenant
+from domain.errors import TransientFailure, UnknownTenant
 from domain.events import SubjectFacts, SubjectKind, SubjectRef
 from domain.ids import new_id
 from domain.messages import OutboxMessage, cloud_event
@@ -115,7 +116,7 @@ class AsyncpgEventStore:
     async def find_by_keys(self, keys: Sequence[str]) -> dict[str, KnownEvent]:
         if not keys:
             return {}
-        with translate_errors():
+        with _statement(self._connection):
             rows = await self._connection.fetch(_FIND_BY_KEYS, self._tenant_id, list(keys))
         return {
             row["idempotency_key"]: KnownEvent(row["event_id"], bytes(row["payload_hash"]))
@@ -133,7 +134,7 @@ class AsyncpgEventStore:
         ):
             raise ValueError("the events of one insert come from one caller at one moment")
         drafts = [event.draft for event in events]
-        with translate_errors():
+        with _statement(self._connection):
             rows = await self._connection.fetch(
                 _INSERT_EVENTS,
                 self._tenant_id,
@@ -165,7 +166,7 @@ class AsyncpgSubjectStore:
             return {}
         now = datetime.now(UTC)
         try:
-            with translate_errors():
+            with _statement(self._connection):
                 rows = await self._connection.fetch(
                     _UPSERT_SUBJECTS,
                     self._tenant_id,
@@ -207,9 +208,10 @@ class IngestUnitOfWork:
                 if not isinstance(driver, asyncpg.Connection):
                     raise TypeError("the engine does not use asyncpg")
                 connection = driver
-                await connection.execute(begin)
-            except BaseException:
-                await _discard(pooled, connection)
+                with _statement(connection):
+                    await connection.execute(begin)
+            except BaseException as error:
+                await _discard(pooled, connection, error)
                 raise
         self._pooled, self._connection = pooled, connection
         self.events = AsyncpgEventStore(connection, self.tenant_id)
@@ -229,7 +231,7 @@ class IngestUnitOfWork:
         if self._committed and not connection.is_in_transaction():
             await pooled.close()
             return
-        await _discard(pooled, connection)
+        await _discard(pooled, connection, exc)
 
     def record(self, entry: AuditEntry) -> None:
         self._entries.append(entry)
@@ -242,7 +244,7 @@ class IngestUnitOfWork:
         if connection is None:
             raise RuntimeError("the unit of work is not open")
         try:
-            with translate_errors():
+            with _statement(connection):
                 await self._write_outbox_and_audit(connection)
                 await connection.execute("COMMIT")
         except asyncpg.ForeignKeyViolationError as error:
@@ -276,25 +278,52 @@ class IngestUnitOfWork:
             await connection.execute(_OUTBOX_ROWS, *outbox)
 
 
-async def _discard(pooled: AsyncConnection, connection: asyncpg.Connection | None) -> None:
-    """Roll back what is open and give the connection back; a connection that cannot
-    be brought back to a known state is invalidated (closed, never reused)."""
+async def _discard(
+    pooled: AsyncConnection, connection: asyncpg.Connection | None, error: BaseException | None
+) -> None:
+    """Roll back what is open and give the connection back. A connection that cannot
+    be brought back to a known state is invalidated (closed, never reused): one whose
+    rollback failed, and one left by a cancellation, which may have interrupted a
+    statement in flight (the next user would find the protocol busy), and one that
+    failed transiently, which may have been lost (a fresh one costs little, and such
+    failures are rare)."""
+    reusable = error is None or (
+        isinstance(error, Exception) and not isinstance(error, TransientFailure)
+    )
     try:
-        if connection is not None and not connection.is_closed():
+        if reusable and connection is not None and not connection.is_closed():
             if connection.is_in_transaction():
                 await connection.execute("ROLLBACK")
             await pooled.close()
             return
-    except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as error:
-        log.warning(
-            "rolling back an ingest transaction failed", extra={"sqlstate": sqlstate(error)}
-        )
+    except (asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError, OSError):
+        log.warning("rolling back an ingest transaction failed; dropping its connection")
     except BaseException:
-        await pooled.invalidate()
-        await pooled.close()
+        await _invalidate(pooled)
         raise
+    await _invalidate(pooled)
+
+
+async def _invalidate(pooled: AsyncConnection) -> None:
     await pooled.invalidate()
     await pooled.close()
+
+
+@contextlib.contextmanager
+def _statement(connection: asyncpg.Connection) -> Iterator[None]:
+    """Driver errors worth a retry become TransientFailure, as elsewhere; so does a
+    connection the server ended between two statements, which asyncpg reports as
+    closed, or, when the notice arrives as the next statement starts, as a protocol
+    busy with another operation. Either way the connection is then dropped."""
+    try:
+        with translate_errors():
+            yield
+    except asyncpg.InternalClientError as error:
+        raise TransientFailure("the database connection is in an unknown state") from error
+    except asyncpg.InterfaceError as error:
+        if connection.is_closed():
+            raise TransientFailure("the database connection was closed") from error
+        raise
 
 
 def ingest_unit_of_work_factory(engine: AsyncEngine) -> Any:

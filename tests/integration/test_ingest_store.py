@@ -4,6 +4,7 @@ a connection still in a transaction or still set to a tenant."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -131,4 +132,26 @@ async def test_a_connection_lost_mid_transaction_is_dropped_and_the_ingest_retri
         [transaction_event()],
     )
     assert result.outcome is Outcome.ACCEPTED
+    assert await _state(one_connection) == (False, None)
+
+
+async def test_a_unit_of_work_cancelled_mid_statement_never_gives_back_a_busy_connection(
+    one_connection: AsyncEngine, app_engine: AsyncEngine, tenant: uuid.UUID
+) -> None:
+    facts = _facts()
+    async with IngestUnitOfWork(app_engine, tenant) as holder:
+        # The subject's row stays locked until this transaction ends, so the second
+        # upsert of it waits, in flight, until it is cancelled.
+        await holder.subjects.upsert(facts)
+
+        async def wait_on_the_row() -> None:
+            async with IngestUnitOfWork(one_connection, tenant) as waiter:
+                await waiter.subjects.upsert(facts)
+
+        waiting = asyncio.create_task(wait_on_the_row())
+        await asyncio.sleep(0.5)
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+
     assert await _state(one_connection) == (False, None)
