@@ -23,7 +23,9 @@ from typing import Any, NoReturn
 
 import uvicorn
 from graphql import ASTValidationRule
-from litestar import Controller, Litestar
+from litestar import Controller, Litestar, Response
+from litestar.background_tasks import BackgroundTasks
+from litestar.di import Provide
 from litestar.exceptions import LitestarDeprecationWarning
 from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
 from strawberry.exceptions import ConnectionRejectionError
@@ -145,6 +147,11 @@ def create_app(settings: Settings) -> Litestar:
     )
 
     class GraphQLController(base):  # type: ignore[valid-type,misc]
+        # strawberry makes each request's sub-response in a worker thread (a sync
+        # dependency run with sync_to_thread): a thread hop per request for building an
+        # empty object. The same object, made on the event loop.
+        dependencies = {**base.dependencies, "response": Provide(_sub_response)}
+
         async def on_ws_connect(self, context: Context) -> UnsetType | dict[str, object] | None:
             """Verify the token of ``connection_init``; without a valid one the
             connection is closed with 4403 before any operation runs."""
@@ -177,6 +184,11 @@ def create_app(settings: Settings) -> Litestar:
             "ignore", r".*Inferred dependency field", category=LitestarDeprecationWarning
         )
         return _litestar(settings, GraphQLController)
+
+
+async def _sub_response() -> Response[Any]:
+    """The response strawberry sets headers, cookies and status on for one request."""
+    return Response({}, background=BackgroundTasks([]))
 
 
 def _litestar(settings: Settings, graphql: type[Controller]) -> Litestar:

@@ -364,3 +364,31 @@ async def test_concurrent_sends_of_one_key_make_one_event(
             text("SELECT amount FROM events WHERE tenant_id = :t"), {"t": tenant}
         )
     assert str(amount) == "125.5000"
+
+
+async def test_an_ingest_request_takes_no_trip_through_a_worker_thread(
+    portal: Portal,
+    settings: Settings,
+    tenant: uuid.UUID,
+    transaction_event: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Each request used to build its empty sub-response in the default executor: a
+    thread hop, with its wake-ups and its lock on the interpreter, per request."""
+    loop = asyncio.get_running_loop()
+    handed: list[object] = []
+    original = loop.run_in_executor
+
+    def run_in_executor(executor: Any, func: Any, *args: Any) -> Any:
+        handed.append(func)
+        return original(executor, func, *args)
+
+    monkeypatch.setattr(loop, "run_in_executor", run_in_executor)
+    body = await portal.graphql(
+        INGEST,
+        {"input": {"events": [transaction_event()]}},
+        token=token(settings, tenant),
+    )
+
+    assert body["data"]["ingestEvents"]["acceptedCount"] == 1
+    assert handed == []
