@@ -21,7 +21,7 @@ from decimal import Decimal, InvalidOperation
 from enum import StrEnum
 from typing import Any
 
-from domain.canonical import digest, format_time
+from domain.canonical import digest_without_floats, format_time
 from domain.errors import InvalidEvent
 from domain.reference import COUNTRIES, CURRENCY_MINOR_UNITS
 
@@ -179,7 +179,7 @@ def _transaction(key: str, occurred_at: datetime, data: Mapping[str, Any]) -> Ev
         event_type=EventType.TRANSACTION,
         occurred_at=occurred_at,
         payload=payload,
-        payload_hash=digest(payload),
+        payload_hash=digest_without_floats(payload),
         primary=origin,
         counterparty=target,
         facts=(
@@ -242,7 +242,7 @@ def _kyc_update(key: str, occurred_at: datetime, data: Mapping[str, Any]) -> Eve
         event_type=EventType.KYC_UPDATED,
         occurred_at=occurred_at,
         payload=payload,
-        payload_hash=digest(payload),
+        payload_hash=digest_without_floats(payload),
         primary=subject,
         counterparty=None,
         facts=(SubjectFacts(subject, attributes, occurred_at),),
