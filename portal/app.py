@@ -47,7 +47,7 @@ from adapters.logging import configure_logging
 from adapters.metrics import MULTIPROCESS_DIRECTORY
 from adapters.settings import Settings, get_settings
 from portal.auth import RequireAuthentication, authenticate_connection
-from portal.bodies import refusal
+from portal.bodies import NOT_DECODED, decoded, refusal
 from portal.cost import ConnectionBudget
 from portal.errors import ErrorPolicy, Schema, internal_error
 from portal.health import live, ready
@@ -175,6 +175,11 @@ def create_app(settings: Settings) -> Litestar:
                 reason = refusal(data.encode())
                 if reason is not None:
                     raise json.JSONDecodeError(reason, data, 0)
+            else:
+                # The middleware decoded this body already, with its bounds.
+                value = decoded(data)
+                if value is not NOT_DECODED:
+                    return value
             return super().decode_json(data)
 
     with warnings.catch_warnings():

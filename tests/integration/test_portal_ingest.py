@@ -11,6 +11,7 @@ import pytest
 from prometheus_client import REGISTRY
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
+from strawberry.http.base import BaseView
 
 from adapters.settings import Settings
 from tests.integration.portal_support import (
@@ -392,3 +393,30 @@ async def test_an_ingest_request_takes_no_trip_through_a_worker_thread(
 
     assert body["data"]["ingestEvents"]["acceptedCount"] == 1
     assert handed == []
+
+
+async def test_a_request_body_is_decoded_once(
+    portal: Portal,
+    settings: Settings,
+    tenant: uuid.UUID,
+    transaction_event: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The middleware decodes every JSON body to check it; GraphQL then takes that value
+    rather than decoding the same bytes again (a batch of events is most of a body)."""
+    decoded_again: list[object] = []
+    original = BaseView.decode_json
+
+    def decode_json(self: BaseView, data: str | bytes) -> object:
+        decoded_again.append(data)
+        return original(self, data)
+
+    monkeypatch.setattr(BaseView, "decode_json", decode_json)
+    body = await portal.graphql(
+        INGEST,
+        {"input": {"events": [transaction_event(), transaction_event()]}},
+        token=token(settings, tenant),
+    )
+
+    assert body["data"]["ingestEvents"]["acceptedCount"] == 2
+    assert decoded_again == []
