@@ -110,6 +110,16 @@ def _json(value: Mapping[str, Any]) -> str:
     return _encode(value).decode()
 
 
+def _details(details: Mapping[str, Any]) -> str:
+    """An audit record's details as JSON. The database hashes them in its own jsonb
+    form, so the spelling is free; a value other than a string (ingest writes only
+    strings) goes through plain_json, which refuses what cannot be hashed the same way
+    twice."""
+    if all(type(value) is str for value in details.values()):
+        return _json(details)
+    return plain_json(details)
+
+
 def _begin(tenant_id: uuid.UUID) -> str:
     """BEGIN and the tenant setting as one simple-protocol message. The id is formatted
     from a ``uuid.UUID`` (hex digits and dashes only), never from caller text."""
@@ -278,7 +288,7 @@ class IngestUnitOfWork:
             [entry.entity_type for entry in entries],
             [entry.entity_id for entry in entries],
             [entry.correlation_id for entry in entries],
-            [plain_json(entry.details) for entry in entries],
+            [_details(entry.details) for entry in entries],
         ]
         if entries and messages:
             await connection.fetchval(_OUTBOX_AND_SEAL, *outbox, *seal)
