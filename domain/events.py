@@ -264,8 +264,13 @@ def _check_depth(event: Mapping[str, Any]) -> None:
     pending: list[tuple[object, int]] = [(event, 1)]
     while pending:
         value, depth = pending.pop()
-        if isinstance(value, Mapping):
-            children: Any = value.values()
+        kind = type(value)
+        # Exact types first: the abstract Mapping check is slow, and events are made
+        # of plain dicts, lists and scalars.
+        if kind is str or kind is bool or kind is int or value is None:
+            continue
+        if kind is dict or isinstance(value, Mapping):
+            children: Any = value.values()  # type: ignore[attr-defined]
         elif isinstance(value, list | tuple):
             children = value
         else:
@@ -287,6 +292,8 @@ def _check_size(event: Mapping[str, Any]) -> None:
 
 
 def _mapping(value: object, path: str) -> Mapping[str, Any]:
+    if type(value) is dict:
+        return value
     if not isinstance(value, Mapping):
         raise InvalidEvent("INVALID_TYPE", path, "expected an object")
     return value
