@@ -52,6 +52,7 @@ from portal.cost import ConnectionBudget
 from portal.errors import ErrorPolicy, Schema, internal_error
 from portal.health import live, ready
 from portal.metrics import metrics, start_ingest_counters
+from portal.parse_cache import ParsedDocuments, ParseOnce
 from portal.read.reader import CloseReads
 from portal.requests import GRAPHQL_PATH, RequestContextMiddleware
 from portal.resources import lifespan, resources_of
@@ -112,11 +113,14 @@ def build_schema(settings: Settings) -> Schema:
         # After the error policy, so that a failure to close the reads is given a code.
         CloseReads,
         partial(MaxTokensLimiter, max_token_count=MAX_TOKENS),
+        # Parses nothing itself, so a syntax error still passes through the others.
+        partial(ParseOnce, documents=ParsedDocuments()),
         partial(AddValidationRules, LIMIT_RULES),
         # Integrations send the same few documents again and again: validate each once.
         # The cache is bounded, so odd documents cannot grow it. (strawberry's parser
         # cache is left out: a syntax error raised inside it skips the other extensions'
-        # exits, and with them the error policy that gives every error its code.)
+        # exits, and with them the error policy that gives every error its code;
+        # ParseOnce, above, keeps documents without parsing them.)
         partial(ValidationCache, maxsize=256),
         # Runs once the document is valid, before any resolver: nested pages multiply.
         ConnectionBudget,

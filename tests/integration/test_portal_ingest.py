@@ -12,6 +12,7 @@ from prometheus_client import REGISTRY
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 from strawberry.http.base import BaseView
+from strawberry.schema import schema as strawberry_schema
 
 from adapters.settings import Settings
 from tests.integration.portal_support import (
@@ -420,3 +421,33 @@ async def test_a_request_body_is_decoded_once(
 
     assert body["data"]["ingestEvents"]["acceptedCount"] == 2
     assert decoded_again == []
+
+
+async def test_a_document_is_parsed_once_and_a_bad_one_refused_every_time(
+    portal: Portal,
+    settings: Settings,
+    tenant: uuid.UUID,
+    transaction_event: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    parsed: list[str] = []
+    original = strawberry_schema.parse
+
+    def parse(source: Any, **options: Any) -> Any:
+        parsed.append(str(source))
+        return original(source, **options)
+
+    monkeypatch.setattr(strawberry_schema, "parse", parse)
+    bearer = token(settings, tenant)
+    for _ in range(3):
+        body = await portal.graphql(
+            INGEST, {"input": {"events": [transaction_event()]}}, token=bearer
+        )
+        assert body["data"]["ingestEvents"]["acceptedCount"] == 1
+    # A syntax error is never kept: each request fails on it, with its code.
+    broken = "mutation { ingestEvents(input: "
+    for _ in range(2):
+        refused = await portal.graphql(broken, token=bearer)
+        assert error_codes(refused) == ["BAD_REQUEST"]
+
+    assert parsed == [INGEST, broken, broken]
