@@ -15,6 +15,7 @@ from strawberry.http.base import BaseView
 from strawberry.schema import schema as strawberry_schema
 
 from adapters.settings import Settings
+from portal import schema as portal_schema
 from tests.integration.portal_support import (
     INGEST,
     Portal,
@@ -451,3 +452,30 @@ async def test_a_document_is_parsed_once_and_a_bad_one_refused_every_time(
         assert error_codes(refused) == ["BAD_REQUEST"]
 
     assert parsed == [INGEST, broken, broken]
+
+
+async def test_an_ingest_request_makes_no_reader(
+    portal: Portal,
+    settings: Settings,
+    tenant: uuid.UUID,
+    transaction_event: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A reader (a read session and its DataLoaders) is made on a request's first read;
+    ingest reads nothing, so it made one per request for nothing."""
+    made: list[object] = []
+
+    class CountedReader(portal_schema.Reader):
+        def __init__(self, *args: Any) -> None:
+            made.append(args)
+            super().__init__(*args)
+
+    monkeypatch.setattr(portal_schema, "Reader", CountedReader)
+    body = await portal.graphql(
+        INGEST, {"input": {"events": [transaction_event()]}}, token=token(settings, tenant)
+    )
+    viewer = await portal.graphql("{ viewer { subject } }", token=token(settings, tenant))
+
+    assert body["data"]["ingestEvents"]["acceptedCount"] == 1
+    assert viewer["data"]["viewer"]["subject"]
+    assert made == []
