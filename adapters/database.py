@@ -89,8 +89,9 @@ def translate_errors() -> Iterator[None]:
         if sqlstate(error) in _TRANSIENT_SQLSTATES or error.connection_invalidated:
             raise TransientFailure(f"the database asked for a retry ({sqlstate(error)})") from error
         raise
+    # asyncpg's own errors, from the paths that use the driver without SQLAlchemy (the
+    # relay's claim loops, ingest).
     except (OSError, asyncpg.PostgresConnectionError) as error:
-        # asyncpg's own, from code that uses it directly (the relay's claim loops).
         raise TransientFailure("the database connection failed") from error
     except asyncpg.PostgresError as error:
         if error.sqlstate in _TRANSIENT_SQLSTATES:

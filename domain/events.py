@@ -21,7 +21,7 @@ from decimal import Decimal, InvalidOperation
 from enum import StrEnum
 from typing import Any
 
-from domain.canonical import digest, format_time
+from domain.canonical import digest_without_floats, format_time
 from domain.errors import InvalidEvent
 from domain.reference import COUNTRIES, CURRENCY_MINOR_UNITS
 
@@ -179,7 +179,7 @@ def _transaction(key: str, occurred_at: datetime, data: Mapping[str, Any]) -> Ev
         event_type=EventType.TRANSACTION,
         occurred_at=occurred_at,
         payload=payload,
-        payload_hash=digest(payload),
+        payload_hash=digest_without_floats(payload),
         primary=origin,
         counterparty=target,
         facts=(
@@ -242,7 +242,7 @@ def _kyc_update(key: str, occurred_at: datetime, data: Mapping[str, Any]) -> Eve
         event_type=EventType.KYC_UPDATED,
         occurred_at=occurred_at,
         payload=payload,
-        payload_hash=digest(payload),
+        payload_hash=digest_without_floats(payload),
         primary=subject,
         counterparty=None,
         facts=(SubjectFacts(subject, attributes, occurred_at),),
@@ -264,8 +264,13 @@ def _check_depth(event: Mapping[str, Any]) -> None:
     pending: list[tuple[object, int]] = [(event, 1)]
     while pending:
         value, depth = pending.pop()
-        if isinstance(value, Mapping):
-            children: Any = value.values()
+        kind = type(value)
+        # Exact types first: the abstract Mapping check is slow, and events are made
+        # of plain dicts, lists and scalars.
+        if kind is str or kind is bool or kind is int or value is None:
+            continue
+        if kind is dict or isinstance(value, Mapping):
+            children: Any = value.values()  # type: ignore[attr-defined]
         elif isinstance(value, list | tuple):
             children = value
         else:
@@ -287,6 +292,8 @@ def _check_size(event: Mapping[str, Any]) -> None:
 
 
 def _mapping(value: object, path: str) -> Mapping[str, Any]:
+    if type(value) is dict:
+        return value
     if not isinstance(value, Mapping):
         raise InvalidEvent("INVALID_TYPE", path, "expected an object")
     return value

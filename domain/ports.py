@@ -158,3 +158,30 @@ class UnitOfWork(Protocol):
 
 
 UnitOfWorkFactory = Callable[[uuid.UUID], UnitOfWork]
+
+
+class IngestUnitOfWork(Protocol):
+    """What ingesting events needs of a unit of work: a full :class:`UnitOfWork` is one,
+    and so is the leaner one the doors use (``adapters.ingest_store``)."""
+
+    tenant_id: uuid.UUID
+    events: EventStore
+    subjects: SubjectStore
+
+    async def __aenter__(self) -> Self: ...
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None: ...
+
+    def record(self, entry: AuditEntry) -> None: ...
+
+    def publish(self, message: OutboxMessage) -> None: ...
+
+    async def commit(self) -> None: ...
+
+
+IngestUnitOfWorkFactory = Callable[[uuid.UUID], IngestUnitOfWork]

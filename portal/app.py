@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import tempfile
 import threading
 import time
@@ -18,11 +19,13 @@ from collections.abc import Callable
 from datetime import timedelta
 from functools import partial
 from types import FrameType
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import uvicorn
 from graphql import ASTValidationRule
-from litestar import Controller, Litestar
+from litestar import Controller, Litestar, Response
+from litestar.background_tasks import BackgroundTasks
+from litestar.di import Provide
 from litestar.exceptions import LitestarDeprecationWarning
 from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
 from strawberry.exceptions import ConnectionRejectionError
@@ -44,11 +47,12 @@ from adapters.logging import configure_logging
 from adapters.metrics import MULTIPROCESS_DIRECTORY
 from adapters.settings import Settings, get_settings
 from portal.auth import RequireAuthentication, authenticate_connection
-from portal.bodies import refusal
+from portal.bodies import NOT_DECODED, decoded, refusal
 from portal.cost import ConnectionBudget
 from portal.errors import ErrorPolicy, Schema, internal_error
 from portal.health import live, ready
 from portal.metrics import metrics, start_ingest_counters
+from portal.parse_cache import ParsedDocuments, ParseOnce
 from portal.read.reader import CloseReads
 from portal.requests import GRAPHQL_PATH, RequestContextMiddleware
 from portal.resources import lifespan, resources_of
@@ -109,11 +113,14 @@ def build_schema(settings: Settings) -> Schema:
         # After the error policy, so that a failure to close the reads is given a code.
         CloseReads,
         partial(MaxTokensLimiter, max_token_count=MAX_TOKENS),
+        # Parses nothing itself, so a syntax error still passes through the others.
+        partial(ParseOnce, documents=ParsedDocuments()),
         partial(AddValidationRules, LIMIT_RULES),
         # Integrations send the same few documents again and again: validate each once.
         # The cache is bounded, so odd documents cannot grow it. (strawberry's parser
         # cache is left out: a syntax error raised inside it skips the other extensions'
-        # exits, and with them the error policy that gives every error its code.)
+        # exits, and with them the error policy that gives every error its code;
+        # ParseOnce, above, keeps documents without parsing them.)
         partial(ValidationCache, maxsize=256),
         # Runs once the document is valid, before any resolver: nested pages multiply.
         ConnectionBudget,
@@ -144,6 +151,11 @@ def create_app(settings: Settings) -> Litestar:
     )
 
     class GraphQLController(base):  # type: ignore[valid-type,misc]
+        # strawberry makes each request's sub-response in a worker thread (a sync
+        # dependency run with sync_to_thread): a thread hop per request for building an
+        # empty object. The same object, made on the event loop.
+        dependencies = {**base.dependencies, "response": Provide(_sub_response)}
+
         async def on_ws_connect(self, context: Context) -> UnsetType | dict[str, object] | None:
             """Verify the token of ``connection_init``; without a valid one the
             connection is closed with 4403 before any operation runs."""
@@ -167,6 +179,11 @@ def create_app(settings: Settings) -> Litestar:
                 reason = refusal(data.encode())
                 if reason is not None:
                     raise json.JSONDecodeError(reason, data, 0)
+            else:
+                # The middleware decoded this body already, with its bounds.
+                value = decoded(data)
+                if value is not NOT_DECODED:
+                    return value
             return super().decode_json(data)
 
     with warnings.catch_warnings():
@@ -176,6 +193,11 @@ def create_app(settings: Settings) -> Litestar:
             "ignore", r".*Inferred dependency field", category=LitestarDeprecationWarning
         )
         return _litestar(settings, GraphQLController)
+
+
+async def _sub_response() -> Response[Any]:
+    """The response strawberry sets headers, cookies and status on for one request."""
+    return Response({}, background=BackgroundTasks([]))
 
 
 def _litestar(settings: Settings, graphql: type[Controller]) -> Litestar:
@@ -228,7 +250,11 @@ def run(host: str | None = None, port: int | None = None, workers: int | None = 
         ws_max_size=MAX_WEBSOCKET_FRAME_BYTES,
     )
     if count > 1:
-        _run_workers(config(f"{__name__}:worker_app", factory=True, workers=count))
+        _run_workers(
+            config(f"{__name__}:worker_app", factory=True, workers=count),
+            host or settings.portal_host,
+            port or settings.portal_port,
+        )
         return
 
     server = uvicorn.Server(config(create_app(settings)))
@@ -263,11 +289,53 @@ def _stop_when_orphaned(supervisor: int) -> None:
     threading.Thread(target=watch, name="orphan-watch", daemon=True).start()
 
 
-def _run_workers(config: uvicorn.Config) -> None:
-    with tempfile.TemporaryDirectory(prefix="vigil-portal-metrics-") as directory:
+class _ListenerPerWorker(socket.socket):
+    """The supervisor's socket: bound with SO_REUSEPORT, so that the address is taken
+    (and checked) once, but never listening. Handed to a worker, it becomes a socket of
+    the worker's own on the same address (see :func:`_own_listener`).
+
+    One listening socket shared by every worker lets whichever worker wakes first
+    accept every connection waiting (uvloop accepts until none is left), so a burst of
+    keep-alive connections, a client's pool or a load balancer's, could all land on one
+    worker and leave the other cores idle for as long as they lived. With a listening
+    socket per worker, the kernel spreads new connections over the workers.
+    """
+
+    def __reduce__(self) -> tuple[object, tuple[int, tuple[Any, ...]]]:
+        return _own_listener, (int(self.family), self.getsockname())
+
+
+def _own_listener(family: int, address: tuple[Any, ...]) -> socket.socket:
+    """A worker's listening socket on the supervisor's address, in the same
+    SO_REUSEPORT group (the same user may join it, no other)."""
+    own = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    own.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    own.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    own.bind(address)
+    return own
+
+
+def _bind_supervisor_socket(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    bound = _ListenerPerWorker(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    try:
+        bound.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        bound.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        bound.bind((host, port))
+    except OSError as error:
+        bound.close()
+        raise SystemExit(f"vigil portal: cannot bind {host}:{port}: {error}") from error
+    return bound
+
+
+def _run_workers(config: uvicorn.Config, host: str, port: int) -> None:
+    with (
+        tempfile.TemporaryDirectory(prefix="vigil-portal-metrics-") as directory,
+        _bind_supervisor_socket(host, port) as bound,
+    ):
         # Inherited by the workers, which then keep their metrics in files there.
         os.environ[MULTIPROCESS_DIRECTORY] = directory
         os.environ[_SUPERVISOR] = str(os.getpid())
         log.info("portal supervisor started", extra={"workers": config.workers})
-        Multiprocess(config, sockets=[config.bind_socket()]).run()
+        Multiprocess(config, sockets=[bound]).run()
         log.info("portal supervisor stopped")

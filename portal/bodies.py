@@ -12,6 +12,9 @@ from __future__ import annotations
 
 import json
 from collections import deque
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import NoReturn
 
 from litestar.datastructures import Headers
@@ -29,23 +32,66 @@ MAX_NUMBER_DIGITS = 100
 
 async def checked_body(
     method: str, headers: Headers, receive: Receive, max_bytes: int
-) -> tuple[Receive, str | None]:
-    """The ``receive`` to hand on (it replays what was read here), and why the body is
-    refused, or None."""
+) -> tuple[Receive, str | None, tuple[bytes, object] | None]:
+    """The ``receive`` to hand on (it replays what was read here), why the body is
+    refused (or None), and the body with its decoded value when it was read safely
+    (for :func:`keeping_decoded`)."""
     if method != "POST" or not _is_json(headers) or _announced_over(headers, max_bytes):
-        return receive, None
+        return receive, None, None
     messages, body = await _read(receive, max_bytes)
-    return _replaying(messages, receive), None if body is None else refusal(body)
+    replay = _replaying(messages, receive)
+    if body is None:
+        return replay, None, None
+    value = _decode(body)
+    if isinstance(value, _Refusal):
+        return replay, str(value), None
+    return replay, None, (body, value)
+
+
+# The body the middleware decoded, with its bytes, so that GraphQL takes the value
+# instead of decoding the same bytes a second time (see :func:`decoded`).
+_DECODED: ContextVar[tuple[bytes, object] | None] = ContextVar("vigil_decoded_body", default=None)
+NOT_DECODED = object()
+
+
+@contextmanager
+def keeping_decoded(kept: tuple[bytes, object] | None) -> Iterator[None]:
+    """Within the block, :func:`decoded` answers for the body of ``kept``."""
+    token = _DECODED.set(kept)
+    try:
+        yield
+    finally:
+        _DECODED.reset(token)
+
+
+def decoded(data: bytes) -> object:
+    """The value of ``data`` as the middleware decoded it for this request (taken
+    once), or :data:`NOT_DECODED`."""
+    kept = _DECODED.get()
+    if kept is not None and kept[0] == data:
+        _DECODED.set(None)
+        return kept[1]
+    return NOT_DECODED
+
+
+class _Refusal(str):
+    __slots__ = ()
 
 
 def refusal(body: bytes) -> str | None:
     """Why a JSON body cannot be read safely, or None when it can."""
+    value = _decode(body)
+    return str(value) if isinstance(value, _Refusal) else None
+
+
+def _decode(body: bytes) -> object:
+    """The decoded body, or the reason (a :class:`_Refusal`) it cannot be read safely."""
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError:
-        return "the body is not UTF-8"
+        return _Refusal("the body is not UTF-8")
     try:
-        bounded_json.loads(
+        return bounded_json.loads(
             text,
             max_depth=MAX_BODY_DEPTH,
             parse_int=_bounded_int,
@@ -53,13 +99,14 @@ def refusal(body: bytes) -> str | None:
             object_pairs_hook=_unique_keys,
         )
     except bounded_json.TooDeep:
-        return f"the body is nested more than {MAX_BODY_DEPTH} levels deep"
+        return _Refusal(f"the body is nested more than {MAX_BODY_DEPTH} levels deep")
     except json.JSONDecodeError as error:
-        return f"the body is not JSON: {error.msg} at line {error.lineno} column {error.colno}"
+        return _Refusal(
+            f"the body is not JSON: {error.msg} at line {error.lineno} column {error.colno}"
+        )
     except ValueError as error:
         # Raised by the hooks below, with a message meant for the caller.
-        return f"the body is not acceptable JSON: {error}"
-    return None
+        return _Refusal(f"the body is not acceptable JSON: {error}")
 
 
 def _unique_keys(pairs: list[tuple[str, object]]) -> dict[str, object]:

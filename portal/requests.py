@@ -23,7 +23,7 @@ from adapters.rate_limit import TenantRateLimit
 from adapters.settings import Settings
 from domain.ids import new_id
 from portal.auth import Identity, authenticate
-from portal.bodies import checked_body, refuse, too_many_requests
+from portal.bodies import checked_body, keeping_decoded, refuse, too_many_requests
 
 log = logging.getLogger(__name__)
 
@@ -126,11 +126,12 @@ class RequestContextMiddleware(ASGIMiddleware):
     ) -> None:
         """Hand the request on, unless its JSON body cannot be decoded safely."""
         method = scope["method"] if scope["type"] == ScopeType.HTTP else ""
-        receive, refusal = await checked_body(
+        receive, refusal, kept = await checked_body(
             method, headers, receive, self._settings.max_body_bytes
         )
         if refusal is not None:
             log.info("request body refused", extra={"reason": refusal})
             await refuse(send, refusal)
             return
-        await next_app(scope, receive, send)
+        with keeping_decoded(kept):
+            await next_app(scope, receive, send)

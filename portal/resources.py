@@ -15,10 +15,11 @@ from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from adapters.database import make_engine
+from adapters.ingest_store import ingest_unit_of_work_factory
 from adapters.rate_limit import TenantRateLimit
 from adapters.settings import Settings
 from adapters.unit_of_work import unit_of_work_factory
-from domain.ports import UnitOfWorkFactory
+from domain.ports import IngestUnitOfWorkFactory, UnitOfWorkFactory
 from portal.live import CaseEventConsumer, Hub
 
 PROBE_TIMEOUT_SECONDS = 2.0
@@ -29,6 +30,8 @@ class Resources:
     settings: Settings
     engine: AsyncEngine
     uow_factory: UnitOfWorkFactory
+    # Ingest's leaner unit of work, on the same pool.
+    ingest_uow_factory: IngestUnitOfWorkFactory
     redis: Redis
     hub: Hub
     case_events: CaseEventConsumer
@@ -77,7 +80,14 @@ def lifespan(settings: Settings) -> Callable[[Litestar], AbstractAsyncContextMan
         case_events = CaseEventConsumer(settings, hub)
         case_events.start()
         app.state.resources = Resources(
-            settings, engine, uow_factory, redis, hub, case_events, rate_limit
+            settings,
+            engine,
+            uow_factory,
+            ingest_unit_of_work_factory(engine),
+            redis,
+            hub,
+            case_events,
+            rate_limit,
         )
         try:
             yield

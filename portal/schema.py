@@ -17,12 +17,13 @@ from typing import Annotated, Any
 import strawberry
 from litestar.connection import ASGIConnection
 from litestar.enums import ScopeType
+from sqlalchemy.ext.asyncio import AsyncEngine
 from strawberry.litestar import BaseContext
 from strawberry.scalars import JSON
 
 from adapters.auth import Role
 from adapters.metrics import EVENTS_INGESTED
-from domain.ports import UnitOfWorkFactory
+from domain.ports import IngestUnitOfWorkFactory, UnitOfWorkFactory
 from portal.auth import Identity, authenticated, authorize_write
 from portal.case_mutations import CaseMutation
 from portal.errors import BadRequest
@@ -40,12 +41,24 @@ class Context(BaseContext, kw_only=True):
     identity: Identity
     correlation_id: str
     uow_factory: UnitOfWorkFactory
-    # The request's reads (session and DataLoaders), for an authenticated caller.
-    reader: Reader | None = None
+    ingest_uow_factory: IngestUnitOfWorkFactory
+    # Where an authenticated HTTP caller's reads go; the reader itself (a session and
+    # nine DataLoaders) is made on the first read, so a request that reads nothing,
+    # such as an ingest, never pays for it.
+    reads_from: AsyncEngine | None = None
+    made_reader: Reader | None = None
     hub: Hub
     catch_up_limit: int
     # What a WebSocket client sent in connection_init (strawberry sets it).
     connection_params: dict[str, object] | None = None
+
+    @property
+    def reader(self) -> Reader | None:
+        """The request's reads (session and DataLoaders), for an authenticated caller."""
+        principal = self.identity.principal
+        if self.made_reader is None and self.reads_from is not None and principal is not None:
+            self.made_reader = Reader(self.reads_from, principal, self.correlation_id)
+        return self.made_reader
 
 
 Info = strawberry.Info[Context, None]
@@ -66,11 +79,10 @@ async def context_of(request: ASGIConnection[Any, Any, Any, Any]) -> Context:
         identity=identity,
         correlation_id=correlation_id,
         uow_factory=resources.uow_factory,
+        ingest_uow_factory=resources.ingest_uow_factory,
         hub=resources.hub,
         catch_up_limit=resources.settings.live_catch_up_limit,
-        reader=Reader(resources.engine, principal, correlation_id)
-        if principal is not None and per_request
-        else None,
+        reads_from=resources.engine if principal is not None and per_request else None,
     )
 
 
@@ -158,7 +170,7 @@ async def resolve_ingest_events(info: Info, input: IngestEventsInput) -> IngestE
     )
     try:
         results = await ingest_events(
-            info.context.uow_factory, caller, [event.as_raw() for event in input.events]
+            info.context.ingest_uow_factory, caller, [event.as_raw() for event in input.events]
         )
     except BatchTooLarge as error:
         raise BadRequest(error.message, field="input.events") from error

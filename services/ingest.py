@@ -15,7 +15,7 @@ from domain.errors import IdempotencyConflict, InvalidEvent, TransientFailure
 from domain.events import EventDraft, SubjectFacts, parse_event
 from domain.ids import new_id
 from domain.messages import EVENT_RECEIVED, OutboxMessage
-from domain.ports import KnownEvent, NewEvent, UnitOfWork, UnitOfWorkFactory
+from domain.ports import IngestUnitOfWork, IngestUnitOfWorkFactory, KnownEvent, NewEvent
 from services.retry import with_retries
 
 log = logging.getLogger(__name__)
@@ -62,7 +62,7 @@ class BatchTooLarge(InvalidEvent):
 
 
 async def ingest_events(
-    uow_factory: UnitOfWorkFactory,
+    uow_factory: IngestUnitOfWorkFactory,
     caller: Caller,
     raw_events: Sequence[object],
     *,
@@ -94,7 +94,7 @@ class _SeenBefore(Exception):
 
 
 async def _store(
-    uow_factory: UnitOfWorkFactory,
+    uow_factory: IngestUnitOfWorkFactory,
     caller: Caller,
     drafts: dict[int, EventDraft],
     now: datetime,
@@ -109,7 +109,7 @@ async def _store(
 
 
 async def _store_checked(
-    uow_factory: UnitOfWorkFactory,
+    uow_factory: IngestUnitOfWorkFactory,
     caller: Caller,
     drafts: dict[int, EventDraft],
     now: datetime,
@@ -141,6 +141,9 @@ async def _store_checked(
             results[index] = _repeat(index, draft, originals[draft.idempotency_key])
         await uow.commit()
 
+    if not log.isEnabledFor(logging.DEBUG):
+        # Building each event's fields costs more than the rest of its answer.
+        return results
     for event in new_events:
         log.debug(
             "event accepted",
@@ -155,7 +158,12 @@ async def _store_checked(
 
 
 async def _write(
-    uow: UnitOfWork, caller: Caller, drafts: list[EventDraft], now: datetime, *, looked_up: bool
+    uow: IngestUnitOfWork,
+    caller: Caller,
+    drafts: list[EventDraft],
+    now: datetime,
+    *,
+    looked_up: bool,
 ) -> list[NewEvent]:
     if not drafts:
         return []

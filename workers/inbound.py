@@ -16,10 +16,10 @@ from aio_pika.abc import AbstractRobustConnection
 
 from adapters.broker import Names
 from adapters.database import make_engine
+from adapters.ingest_store import ingest_unit_of_work_factory
 from adapters.metrics import serve_metrics
 from adapters.settings import Settings
-from adapters.unit_of_work import unit_of_work_factory
-from domain.ports import UnitOfWorkFactory
+from domain.ports import IngestUnitOfWorkFactory
 from workers.broker_wait import connect_when_up
 from workers.inbound_consumer import InboundConsumer
 
@@ -42,7 +42,7 @@ async def run(settings: Settings) -> None:
         if connection is None:
             return
         try:
-            await _consume(settings, connection, unit_of_work_factory(engine), stop)
+            await _consume(settings, connection, ingest_unit_of_work_factory(engine), stop)
         finally:
             await connection.close()
     finally:
@@ -53,7 +53,7 @@ async def run(settings: Settings) -> None:
 async def _consume(
     settings: Settings,
     connection: AbstractRobustConnection,
-    uow_factory: UnitOfWorkFactory,
+    uow_factory: IngestUnitOfWorkFactory,
     stop: asyncio.Event,
 ) -> None:
     names = Names(settings.amqp_prefix)

@@ -33,7 +33,7 @@ from adapters.logging import bind_context
 from adapters.metrics import EVENTS_INGESTED, INBOUND_MESSAGES
 from domain.errors import InvalidEvent, TransientFailure, UnknownTenant
 from domain.ids import new_id
-from domain.ports import UnitOfWorkFactory
+from domain.ports import IngestUnitOfWorkFactory
 from services.ingest import Caller, IngestResult, Outcome, ingest_events
 from workers.consumer import (
     STOP_GRACE_SECONDS,
@@ -81,7 +81,7 @@ class InboundConsumer(QueueConsumer):
     def __init__(
         self,
         connection: AbstractRobustConnection,
-        uow_factory: UnitOfWorkFactory,
+        uow_factory: IngestUnitOfWorkFactory,
         names: Names,
         *,
         prefetch: int = 100,

@@ -131,7 +131,8 @@ class CloseReads(SchemaExtension):
 
     async def on_operation(self) -> AsyncIterator[None]:
         yield
-        reader = getattr(self.execution_context.context, "reader", None)
+        # Only a reader the request made: asking for "reader" would make one.
+        reader = getattr(self.execution_context.context, "made_reader", None)
         if not isinstance(reader, Reader):
             return
         try:

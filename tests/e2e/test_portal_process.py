@@ -215,6 +215,59 @@ async def test_several_workers_serve_count_together_and_stop_cleanly(
     assert stored == 10 + 6 * 200
 
 
+def _listening_sockets(port: int) -> set[int]:
+    """The inodes of the sockets listening on ``port`` (Linux /proc/net/tcp)."""
+    found = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError):
+            for line in Path(table).read_text().splitlines()[1:]:
+                fields = line.split()
+                if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                    found.add(int(fields[9]))
+    return found
+
+
+def _sockets_of(pid: int) -> set[int]:
+    found = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        with contextlib.suppress(OSError):
+            target = os.readlink(fd)
+            if target.startswith("socket:["):
+                found.add(int(target[len("socket:[") : -1]))
+    return found
+
+
+async def test_each_worker_accepts_on_a_listening_socket_of_its_own(
+    start_vigil: StartVigil,
+) -> None:
+    """One listening socket shared by the workers let the first to wake accept a whole
+    burst of connections, and a client's pool of keep-alive connections then kept one
+    core busy and the other idle; with a socket per worker the kernel spreads them."""
+    port = _free_port()
+    portal = await start_vigil("portal", "--workers", "2", env={"VIGIL_PORTAL_PORT": str(port)})
+    workers: set[int] = set()
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10.0) as client:
+            await _wait_until_live(portal, client)
+        # The first worker may answer before the second has started.
+        deadline = asyncio.get_running_loop().time() + STARTUP_SECONDS
+        while len(_listening_sockets(port)) < 2:
+            if asyncio.get_running_loop().time() > deadline:
+                break
+            await asyncio.sleep(0.1)
+        workers = _workers(portal.pid)
+        listening = _listening_sockets(port)
+        held = {pid: _sockets_of(pid) & listening for pid in workers}
+    finally:
+        portal.send(signal.SIGTERM)
+        await portal.wait()
+
+    assert len(workers) == 2, workers
+    assert len(listening) == 2, listening
+    assert all(len(sockets) == 1 for sockets in held.values()), held
+    assert set.union(*held.values()) == listening, held
+
+
 async def test_a_worker_whose_supervisor_is_killed_stops(
     start_vigil: StartVigil,
 ) -> None:

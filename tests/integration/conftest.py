@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from adapters.broker import Names, declare_topology, delete_topology
 from adapters.database import make_engine
+from adapters.ingest_store import ingest_unit_of_work_factory
 from adapters.settings import Settings, get_settings
 from adapters.tenants import create_tenant
 from adapters.unit_of_work import unit_of_work_factory
@@ -79,6 +80,12 @@ async def tenant(owner_engine: AsyncEngine) -> uuid.UUID:
 @pytest.fixture
 def uow_factory(app_engine: AsyncEngine) -> Any:
     return unit_of_work_factory(app_engine)
+
+
+@pytest.fixture
+def ingest_uow_factory(app_engine: AsyncEngine) -> Any:
+    """The leaner unit of work both doors ingest through."""
+    return ingest_unit_of_work_factory(app_engine)
 
 
 @pytest.fixture

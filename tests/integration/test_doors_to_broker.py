@@ -22,7 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from adapters.broker import Names
 from adapters.settings import Settings
 from domain.messages import EVENT_RECEIVED
-from domain.ports import UnitOfWorkFactory
+from domain.ports import IngestUnitOfWorkFactory
 from outbox.publisher import CONTENT_TYPE
 from tests.integration.inbound_support import ONCE, Broker, Outcomes, cloud_event, stored
 from tests.integration.portal_support import count_rows, open_portal, token
@@ -158,7 +158,7 @@ async def test_an_event_through_the_inbound_queue_reaches_the_broker_as_a_cloud_
     settings: Settings,
     tenant: uuid.UUID,
     owner_engine: AsyncEngine,
-    uow_factory: UnitOfWorkFactory,
+    ingest_uow_factory: IngestUnitOfWorkFactory,
     make_relay: MakeRelay,
     amqp: AbstractRobustConnection,
     names: Names,
@@ -173,7 +173,7 @@ async def test_an_event_through_the_inbound_queue_reaches_the_broker_as_a_cloud_
     )
     consumer = InboundConsumer(
         connection,
-        uow_factory,
+        ingest_uow_factory,
         names,
         prefetch=10,
         concurrency=4,

@@ -28,9 +28,9 @@ from yarl import URL
 from adapters.audit_trail import verify
 from adapters.broker import DELIVERY_LIMIT, Names
 from adapters.database import make_engine
+from adapters.ingest_store import ingest_unit_of_work_factory
 from adapters.settings import Settings
-from adapters.unit_of_work import unit_of_work_factory
-from domain.ports import UnitOfWorkFactory
+from domain.ports import IngestUnitOfWorkFactory
 from tests.integration.inbound_support import (
     NOTHING,
     ONCE,
@@ -62,18 +62,23 @@ Run = Callable[..., Any]
 
 
 @pytest.fixture
-def consuming(settings: Settings, names: Names, uow_factory: UnitOfWorkFactory) -> Run:
+def consuming(settings: Settings, names: Names, ingest_uow_factory: IngestUnitOfWorkFactory) -> Run:
     """``async with consuming(): ...`` runs a consumer for the duration of the block."""
 
     @asynccontextmanager
     async def run(
-        factory: UnitOfWorkFactory | None = None, amqp_url: str | None = None
+        factory: IngestUnitOfWorkFactory | None = None, amqp_url: str | None = None
     ) -> AsyncIterator[InboundConsumer]:
         connection = await aio_pika.connect_robust(
             amqp_url or settings.amqp_url.get_secret_value(), reconnect_interval=0.2
         )
         consumer = InboundConsumer(
-            connection, factory or uow_factory, names, prefetch=10, concurrency=4, backoff=FAST
+            connection,
+            factory or ingest_uow_factory,
+            names,
+            prefetch=10,
+            concurrency=4,
+            backoff=FAST,
         )
         try:
             await consumer.start()
@@ -409,14 +414,14 @@ async def test_while_the_database_is_down_the_message_stays_on_the_queue(
     outcomes = Outcomes()
     await proxy.close()
 
-    async with consuming(unit_of_work_factory(engine)):
+    async with consuming(ingest_unit_of_work_factory(engine)):
         await broker.publish(envelope)
         await outcomes.reach(retried=2, loose=("retried",))
         assert await stored(owner_engine, tenant) == NOTHING
     assert await broker.waiting(broker.names.inbound) == 1
 
     await proxy.open()
-    async with consuming(unit_of_work_factory(engine)):
+    async with consuming(ingest_unit_of_work_factory(engine)):
         await outcomes.reach(retried=2, accepted=1, loose=("retried",))
 
     assert await stored(owner_engine, tenant) == ONCE
@@ -437,7 +442,7 @@ async def test_the_consumer_carries_on_when_the_database_comes_back(
     during = cloud_event(transaction_event("during"), tenant)
     outcomes = Outcomes()
 
-    async with consuming(unit_of_work_factory(engine)):
+    async with consuming(ingest_unit_of_work_factory(engine)):
         await broker.publish(before)
         await outcomes.reach(accepted=1)
         await proxy.close()
@@ -465,7 +470,7 @@ async def test_a_message_that_keeps_failing_is_dead_lettered_by_the_delivery_lim
     outcomes = Outcomes()
     await proxy.close()
 
-    async with consuming(unit_of_work_factory(engine)):
+    async with consuming(ingest_unit_of_work_factory(engine)):
         await broker.publish(body)
         (dead,) = await broker.dead_letters(1)
         await outcomes.reach(retried=DELIVERY_LIMIT + 1)

@@ -11,8 +11,11 @@ import pytest
 from prometheus_client import REGISTRY
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
+from strawberry.http.base import BaseView
+from strawberry.schema import schema as strawberry_schema
 
 from adapters.settings import Settings
+from portal import schema as portal_schema
 from tests.integration.portal_support import (
     INGEST,
     Portal,
@@ -364,3 +367,115 @@ async def test_concurrent_sends_of_one_key_make_one_event(
             text("SELECT amount FROM events WHERE tenant_id = :t"), {"t": tenant}
         )
     assert str(amount) == "125.5000"
+
+
+async def test_an_ingest_request_takes_no_trip_through_a_worker_thread(
+    portal: Portal,
+    settings: Settings,
+    tenant: uuid.UUID,
+    transaction_event: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Each request used to build its empty sub-response in the default executor: a
+    thread hop, with its wake-ups and its lock on the interpreter, per request."""
+    loop = asyncio.get_running_loop()
+    handed: list[object] = []
+    original = loop.run_in_executor
+
+    def run_in_executor(executor: Any, func: Any, *args: Any) -> Any:
+        handed.append(func)
+        return original(executor, func, *args)
+
+    monkeypatch.setattr(loop, "run_in_executor", run_in_executor)
+    body = await portal.graphql(
+        INGEST,
+        {"input": {"events": [transaction_event()]}},
+        token=token(settings, tenant),
+    )
+
+    assert body["data"]["ingestEvents"]["acceptedCount"] == 1
+    assert handed == []
+
+
+async def test_a_request_body_is_decoded_once(
+    portal: Portal,
+    settings: Settings,
+    tenant: uuid.UUID,
+    transaction_event: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The middleware decodes every JSON body to check it; GraphQL then takes that value
+    rather than decoding the same bytes again (a batch of events is most of a body)."""
+    decoded_again: list[object] = []
+    original = BaseView.decode_json
+
+    def decode_json(self: BaseView, data: str | bytes) -> object:
+        decoded_again.append(data)
+        return original(self, data)
+
+    monkeypatch.setattr(BaseView, "decode_json", decode_json)
+    body = await portal.graphql(
+        INGEST,
+        {"input": {"events": [transaction_event(), transaction_event()]}},
+        token=token(settings, tenant),
+    )
+
+    assert body["data"]["ingestEvents"]["acceptedCount"] == 2
+    assert decoded_again == []
+
+
+async def test_a_document_is_parsed_once_and_a_bad_one_refused_every_time(
+    portal: Portal,
+    settings: Settings,
+    tenant: uuid.UUID,
+    transaction_event: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    parsed: list[str] = []
+    original = strawberry_schema.parse
+
+    def parse(source: Any, **options: Any) -> Any:
+        parsed.append(str(source))
+        return original(source, **options)
+
+    monkeypatch.setattr(strawberry_schema, "parse", parse)
+    bearer = token(settings, tenant)
+    for _ in range(3):
+        body = await portal.graphql(
+            INGEST, {"input": {"events": [transaction_event()]}}, token=bearer
+        )
+        assert body["data"]["ingestEvents"]["acceptedCount"] == 1
+    # A syntax error is never kept: each request fails on it, with its code.
+    broken = "mutation { ingestEvents(input: "
+    for _ in range(2):
+        refused = await portal.graphql(broken, token=bearer)
+        assert error_codes(refused) == ["BAD_REQUEST"]
+
+    assert parsed == [INGEST, broken, broken]
+
+
+async def test_an_ingest_request_makes_no_reader(
+    portal: Portal,
+    settings: Settings,
+    tenant: uuid.UUID,
+    transaction_event: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A reader (a read session and its DataLoaders) is made on a request's first read;
+    ingest reads nothing, so it made one per request for nothing."""
+    made: list[object] = []
+
+    class CountedReader(portal_schema.Reader):
+        def __init__(self, *args: Any) -> None:
+            made.append(args)
+            super().__init__(*args)
+
+    monkeypatch.setattr(portal_schema, "Reader", CountedReader)
+    body = await portal.graphql(
+        INGEST, {"input": {"events": [transaction_event()]}}, token=token(settings, tenant)
+    )
+    viewer = await portal.graphql("{ viewer { subject } }", token=token(settings, tenant))
+
+    assert body["data"]["ingestEvents"]["acceptedCount"] == 1
+    assert viewer["data"]["viewer"]["subject"]
+    assert made == []

@@ -15,6 +15,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from adapters.audit_trail import verify
 from adapters.database import make_engine
+from adapters.ingest_store import ingest_unit_of_work_factory
+from adapters.unit_of_work import unit_of_work_factory
 from domain.errors import AuditChainBroken
 from services.ingest import Caller, Outcome, ingest_events
 
@@ -22,6 +24,15 @@ TENANT_TABLES = ("tenants", "subjects", "events", "outbox", "inbox", "audit_reco
 ADMIN_URL = os.environ.get(
     "VIGIL_ADMIN_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
 )
+
+
+@pytest.fixture(params=["ingest", "general"])
+def uow_factory(request: pytest.FixtureRequest, app_engine: AsyncEngine) -> Any:
+    """Ingest's guarantees hold through both units of work: the doors' own, on the
+    driver, and the general one the other services use."""
+    if request.param == "ingest":
+        return ingest_unit_of_work_factory(app_engine)
+    return unit_of_work_factory(app_engine)
 
 
 async def _count(engine: AsyncEngine, sql: str, **params: Any) -> int:
