@@ -8,10 +8,12 @@ import contextlib
 import json
 import sys
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
+
+import uvloop
 
 from adapters.logging import configure_logging
 from adapters.settings import get_settings
@@ -130,31 +132,38 @@ def _portal(args: argparse.Namespace) -> int:
     return 0
 
 
+def _serve(main: Coroutine[Any, Any, None]) -> None:
+    """Run a long-lived process on uvloop, the event loop the portal's server runs on
+    too: the relay, the consumers and the workers spend much of their time in the loop's
+    own socket and callback handling, which uvloop does in C."""
+    uvloop.run(main)
+
+
 def _relay(args: argparse.Namespace) -> int:
     from outbox.relay import run
 
-    asyncio.run(run(get_settings()))
+    _serve(run(get_settings()))
     return 0
 
 
 def _inbound(args: argparse.Namespace) -> int:
     from workers.inbound import run
 
-    asyncio.run(run(get_settings()))
+    _serve(run(get_settings()))
     return 0
 
 
 def _dispatcher(args: argparse.Namespace) -> int:
     from workers.dispatcher import run
 
-    asyncio.run(run(get_settings()))
+    _serve(run(get_settings()))
     return 0
 
 
 def _worker(args: argparse.Namespace) -> int:
     from workers.scoring import run
 
-    asyncio.run(run(get_settings()))
+    _serve(run(get_settings()))
     return 0
 
 
