@@ -4,8 +4,8 @@ There are two kinds of job:
 
 * ``score_events(tenant_id, [[event_id, correlation_id], ...])``, the dispatcher's: the
   events of one tenant that reached it together, up to :data:`MAX_BATCH`, scored in one
-  transaction. One job per event would make arq's own bookkeeping in Redis (a poll, a
-  claim and a clean-up per job) the limit of the whole pipeline.
+  transaction with set-wise statements (a handful per batch rather than about ten per
+  event).
 * ``score_event(tenant_id, event_id, correlation_id)``: one event, with retries and
   failure marking of its own. Re-drives use it, and so does a batch that failed, which
   splits into one such job per event (see :mod:`workers.scoring`).
