@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import io
 import json
 import signal
 import sys
@@ -102,6 +103,10 @@ class Progress:
 
 
 def run(args: argparse.Namespace) -> int:
+    # Line by line even into a pipe or a file: a kept-running demo's address and token
+    # must reach whoever reads its output while it runs, not when it exits.
+    if isinstance(sys.stdout, io.TextIOWrapper):
+        sys.stdout.reconfigure(line_buffering=True)
     settings = get_settings()
     try:
         data = locate(args.data, cache=args.cache)

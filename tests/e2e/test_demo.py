@@ -48,8 +48,11 @@ def _demo_env() -> dict[str, str]:
     """The test settings, with ports of the demo's own so that it never meets a portal
     or metrics port in use."""
     assert DATA is not None
+    # As a user's shell would run it: output to a pipe is block-buffered unless the
+    # demo itself says otherwise.
+    inherited = {name: value for name, value in os.environ.items() if name != "PYTHONUNBUFFERED"}
     return {
-        **os.environ,
+        **inherited,
         "VIGIL_PORTAL_PORT": str(_free_port()),
         "VIGIL_RELAY_METRICS_PORT": "0",
         "VIGIL_INBOUND_METRICS_PORT": "0",
