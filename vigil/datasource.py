@@ -77,14 +77,35 @@ def fetch(cache: Path, *, url: str = SAMPLE_URL, sha256: str = SAMPLE_SHA256) ->
         _download(url, tarball, sha256)
         unpacked = Path(scratch) / "unpacked"
         with tarfile.open(tarball, "r:gz") as archive:
-            # The "data" filter refuses absolute paths, links out of the folder, devices.
-            archive.extractall(unpacked, filter="data")
+            unpack(archive, unpacked)
         folder = unpacked / SAMPLE_FOLDER
         if not has_data(folder):
             raise DataUnavailable(f"the tarball from {url} holds no {SAMPLE_FOLDER}/ data")
         shutil.rmtree(target, ignore_errors=True)
         folder.rename(target)
     return target
+
+
+def unpack(archive: tarfile.TarFile, destination: Path) -> None:
+    """Extract only plain folders and files that land inside ``destination``; refuse
+    the whole archive otherwise. The sample holds nothing else, and a download is
+    not trusted until it is on disk."""
+    if hasattr(tarfile, "data_filter"):
+        # Python 3.11.4 and later: the "data" filter refuses absolute paths, links,
+        # devices and anything that would land outside the folder.
+        try:
+            archive.extractall(destination, filter="data")
+        except tarfile.FilterError as error:
+            raise DataUnavailable(f"the tarball holds what is not plain data: {error}") from None
+        return
+    root = destination.resolve()
+    members = archive.getmembers()
+    for member in members:
+        landing = (root / member.name).resolve()
+        if not (member.isfile() or member.isdir()) or not landing.is_relative_to(root):
+            raise DataUnavailable(f"the tarball holds {member.name!r}, which is not plain data")
+    for member in members:
+        archive.extract(member, root, set_attrs=False)
 
 
 def _download(url: str, destination: Path, sha256: str) -> None:
