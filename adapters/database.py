@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+import re
+from collections.abc import Iterator, Sequence
 
 import asyncpg
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
@@ -73,6 +74,20 @@ def sqlstate(error: BaseException) -> str | None:
         if isinstance(code, str):
             return code
     return None
+
+
+_NAMED = re.compile(r"(?<![:\w]):([A-Za-z_]\w*)")
+
+
+def positional(sql: str, names: Sequence[str]) -> str:
+    """A statement written with ``:name`` parameters (as SQLAlchemy's ``text`` takes
+    them) in asyncpg's ``$n`` form, ``names`` giving the order; a name used twice keeps
+    its number. The names used and the names given must be the same."""
+    used = set(_NAMED.findall(sql))
+    if used != set(names) or len(set(names)) != len(names):
+        raise ValueError(f"parameters {sorted(used)} are not {list(names)}")
+    number = {name: index + 1 for index, name in enumerate(names)}
+    return _NAMED.sub(lambda found: f"${number[found.group(1)]}", sql)
 
 
 @contextlib.contextmanager

@@ -30,7 +30,9 @@ import asyncpg
 import msgspec
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from adapters.database import translate_errors
+from adapters import audit_trail
+from adapters.database import positional, translate_errors
+from adapters.unit_of_work import EVENTS_SQL, OUTBOX_ROWS_SQL, SUBJECTS_SQL
 from domain.audit import AuditEntry
 from domain.canonical import plain_json
 from domain.errors import TransientFailure, UnknownTenant
@@ -48,56 +50,47 @@ SELECT idempotency_key, event_id, payload_hash FROM events
 WHERE tenant_id = $1 AND idempotency_key = ANY($2::text[])
 """
 
-# The statements of adapters.unit_of_work, with positional parameters.
-_INSERT_EVENTS = """
-INSERT INTO events (tenant_id, event_id, idempotency_key, event_type, occurred_at,
-    received_at, subject_id, counterparty_id, amount, currency, payload, payload_hash, door,
-    actor, correlation_id)
-SELECT $1, e.event_id, e.idempotency_key, e.event_type, e.occurred_at, $2,
-    e.subject_id, e.counterparty_id, e.amount, e.currency, e.payload, e.payload_hash, $3,
-    $4, $5
-FROM unnest($6::uuid[], $7::text[], $8::text[], $9::timestamptz[], $10::uuid[],
-    $11::uuid[], $12::numeric[], $13::text[], $14::jsonb[], $15::bytea[])
-    AS e(event_id, idempotency_key, event_type, occurred_at, subject_id, counterparty_id,
-         amount, currency, payload, payload_hash)
-ON CONFLICT (tenant_id, idempotency_key) DO NOTHING
-RETURNING idempotency_key
-"""
-
-# DO UPDATE keeps each subject's row locked until commit (order per subject); the newer
-# attributes win, see adapters.unit_of_work.
-_UPSERT_SUBJECTS = """
-INSERT INTO subjects AS s (tenant_id, subject_id, kind, external_ref, attributes,
-    attributes_at, created_at, updated_at)
-SELECT $1, f.subject_id, f.kind, f.external_ref, f.attributes, f.attributes_at, $2, $2
-FROM unnest($3::uuid[], $4::text[], $5::text[], $6::jsonb[], $7::timestamptz[])
-    AS f(subject_id, kind, external_ref, attributes, attributes_at)
-ON CONFLICT (tenant_id, kind, external_ref) DO UPDATE SET
-    attributes = CASE WHEN excluded.attributes_at >= s.attributes_at
-                      THEN s.attributes || excluded.attributes
-                      ELSE excluded.attributes || s.attributes END,
-    attributes_at = greatest(s.attributes_at, excluded.attributes_at),
-    updated_at = excluded.updated_at
-RETURNING subject_id, kind, external_ref
-"""
-
-_OUTBOX_ROWS = """
-INSERT INTO outbox (tenant_id, message_id, ordering_key, message_type, envelope)
-SELECT $1, m.message_id, m.ordering_key, m.message_type, m.envelope
-FROM unnest($2::uuid[], $3::uuid[], $4::text[], $5::jsonb[])
-    AS m(message_id, ordering_key, message_type, envelope)
-"""
-_SEAL = (
-    "SELECT vigil_append_audit($6::uuid[], $7::text[], $8::text[], $9::text[], $10::text[],"
-    " $11::text[], $12::jsonb[])"
+# The statements of adapters.unit_of_work, in asyncpg's positional form.
+_EVENT_PARAMETERS = (
+    "tenant_id",
+    "received_at",
+    "door",
+    "actor",
+    "correlation_id",
+    "event_ids",
+    "keys",
+    "types",
+    "occurred",
+    "subject_ids",
+    "counterparty_ids",
+    "amounts",
+    "currencies",
+    "payloads",
+    "hashes",
 )
+_INSERT_EVENTS = positional(EVENTS_SQL, _EVENT_PARAMETERS)
+_UPSERT_SUBJECTS = positional(
+    SUBJECTS_SQL,
+    ("tenant_id", "now", "subject_ids", "kinds", "refs", "attributes", "attributes_at"),
+)
+_OUTBOX_PARAMETERS = ("tenant_id", "message_ids", "ordering_keys", "message_types", "envelopes")
+_SEAL_PARAMETERS = (
+    "record_ids",
+    "actors",
+    "actions",
+    "entity_types",
+    "entity_ids",
+    "correlation_ids",
+    "details",
+)
+_OUTBOX_ROWS = positional(OUTBOX_ROWS_SQL, _OUTBOX_PARAMETERS)
 # The outbox rows and the sealing of the audit records in one round trip; the sealing
 # locks the tenant's chain head until the commit that follows at once.
-_OUTBOX_AND_SEAL = f"WITH outbox_rows AS ({_OUTBOX_ROWS}) {_SEAL}"
-_SEAL_ALONE = (
-    "SELECT vigil_append_audit($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[],"
-    " $6::text[], $7::jsonb[])"
+_OUTBOX_AND_SEAL = positional(
+    f"WITH outbox_rows AS ({OUTBOX_ROWS_SQL}) {audit_trail.APPEND_SQL}",
+    _OUTBOX_PARAMETERS + _SEAL_PARAMETERS,
 )
+_SEAL_ALONE = positional(audit_trail.APPEND_SQL, _SEAL_PARAMETERS)
 
 
 _encode = msgspec.json.Encoder().encode

@@ -39,7 +39,7 @@ _SET_TENANT = text("SELECT set_config('vigil.tenant_id', :tenant, true)")
 # arrays in C, so a batch costs one statement and little Python, where a multi-row
 # VALUES list had SQLAlchemy render and process every parameter of every row. The
 # statements are built once, so their compiled form is cached.
-_INSERT_EVENTS = text("""
+EVENTS_SQL = """
 INSERT INTO events (tenant_id, event_id, idempotency_key, event_type, occurred_at,
     received_at, subject_id, counterparty_id, amount, currency, payload, payload_hash, door,
     actor, correlation_id)
@@ -54,13 +54,14 @@ FROM unnest(CAST(:event_ids AS uuid[]), CAST(:keys AS text[]), CAST(:types AS te
          amount, currency, payload, payload_hash)
 ON CONFLICT (tenant_id, idempotency_key) DO NOTHING
 RETURNING idempotency_key
-""")
+"""
+_INSERT_EVENTS = text(EVENTS_SQL)
 
 # DO UPDATE (not DO NOTHING) so that the row stays locked until commit: writers of one
 # subject are serialised, which keeps its outbox messages in commit order. What the
 # newer of the two says wins; the older only fills gaps. A late or replayed event cannot
 # clear, say, a sanctions hit reported after it.
-_UPSERT_SUBJECTS = text("""
+SUBJECTS_SQL = """
 INSERT INTO subjects AS s (tenant_id, subject_id, kind, external_ref, attributes,
     attributes_at, created_at, updated_at)
 SELECT :tenant_id, f.subject_id, f.kind, f.external_ref, f.attributes, f.attributes_at,
@@ -75,16 +76,17 @@ ON CONFLICT (tenant_id, kind, external_ref) DO UPDATE SET
     attributes_at = greatest(s.attributes_at, excluded.attributes_at),
     updated_at = excluded.updated_at
 RETURNING subject_id, kind, external_ref
-""")
+"""
+_UPSERT_SUBJECTS = text(SUBJECTS_SQL)
 
-_OUTBOX_ROWS = """
+OUTBOX_ROWS_SQL = """
 INSERT INTO outbox (tenant_id, message_id, ordering_key, message_type, envelope)
 SELECT :tenant_id, m.message_id, m.ordering_key, m.message_type, m.envelope
 FROM unnest(CAST(:message_ids AS uuid[]), CAST(:ordering_keys AS uuid[]),
     CAST(:message_types AS text[]), CAST(:envelopes AS jsonb[]))
     AS m(message_id, ordering_key, message_type, envelope)
 """
-_INSERT_OUTBOX = text(_OUTBOX_ROWS)
+_INSERT_OUTBOX = text(OUTBOX_ROWS_SQL)
 _FIRST_SIGHTS = text("""
 INSERT INTO inbox (tenant_id, consumer, message_id)
 SELECT :tenant, :consumer, m.id
@@ -95,7 +97,7 @@ RETURNING message_id
 """)
 # The outbox rows and the audit records of a transaction in one round trip. The outbox
 # insert touches nothing the sealing reads, so the order of the two does not matter.
-_INSERT_OUTBOX_AND_SEAL = text(f"WITH outbox_rows AS ({_OUTBOX_ROWS}) {audit_trail.APPEND_SQL}")
+_INSERT_OUTBOX_AND_SEAL = text(f"WITH outbox_rows AS ({OUTBOX_ROWS_SQL}) {audit_trail.APPEND_SQL}")
 
 
 class SqlEventStore:

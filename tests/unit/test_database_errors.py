@@ -6,7 +6,7 @@ import pytest
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
-from adapters.database import translate_errors
+from adapters.database import positional, translate_errors
 from domain.errors import TransientFailure
 
 
@@ -38,3 +38,13 @@ def test_a_pool_that_frees_no_connection_in_time_is_transient() -> None:
 def test_a_refused_statement_is_not_transient() -> None:
     error = DBAPIError("SELECT 1", None, DriverError("42501"))
     assert raised(error) is error
+
+
+def test_named_parameters_become_numbered_in_the_order_given() -> None:
+    sql = "SELECT :b, CAST(:a AS int[]), x::text, :b"
+
+    assert positional(sql, ["a", "b"]) == "SELECT $2, CAST($1 AS int[]), x::text, $2"
+    with pytest.raises(ValueError, match="not"):
+        positional(sql, ["a"])
+    with pytest.raises(ValueError, match="not"):
+        positional(sql, ["a", "b", "c"])
