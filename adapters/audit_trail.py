@@ -16,8 +16,9 @@ from domain.errors import AuditChainBroken
 
 _PAGE = 5000
 
-# The database locks the head, numbers, hashes and inserts the records and moves the
-# head in this one statement (migration 0005); the application role can do no less.
+# The database checks the entries and queues them for the commit, which locks the head,
+# numbers, hashes and inserts the records and moves the head (migrations 0005 and 0010);
+# the application role can do no less.
 APPEND_SQL = (
     "SELECT vigil_append_audit(CAST(:record_ids AS uuid[]), CAST(:actors AS text[]),"
     " CAST(:actions AS text[]), CAST(:entity_types AS text[]), CAST(:entity_ids AS text[]),"
@@ -39,12 +40,11 @@ def append_parameters(entries: Sequence[AuditEntry]) -> dict[str, Any]:
     }
 
 
-async def append(connection: AsyncConnection, entries: Sequence[AuditEntry]) -> int:
-    """Seal ``entries`` onto the chain of the transaction's tenant, in order; return the
-    sequence number of the last. The head stays locked until the transaction ends, so
-    call this as the last statement before the commit."""
-    result = await connection.execute(_APPEND, append_parameters(entries))
-    return int(result.scalar_one())
+async def append(connection: AsyncConnection, entries: Sequence[AuditEntry]) -> None:
+    """Have ``entries`` sealed onto the chain of the transaction's tenant, in order, when
+    the transaction commits. Nothing is locked before the commit, and the transaction
+    does not see the records itself."""
+    await connection.execute(_APPEND, append_parameters(entries))
 
 
 async def records(connection: AsyncConnection, tenant_id: uuid.UUID) -> AsyncIterator[AuditRecord]:

@@ -84,8 +84,8 @@ _SEAL_PARAMETERS = (
     "details",
 )
 _OUTBOX_ROWS = positional(OUTBOX_ROWS_SQL, _OUTBOX_PARAMETERS)
-# The outbox rows and the sealing of the audit records in one round trip; the sealing
-# locks the tenant's chain head until the commit that follows at once.
+# The outbox rows and the audit entries in one round trip; the entries are sealed onto
+# the tenant's chain by the commit that follows.
 _OUTBOX_AND_SEAL = positional(
     f"WITH outbox_rows AS ({OUTBOX_ROWS_SQL}) {audit_trail.APPEND_SQL}",
     _OUTBOX_PARAMETERS + _SEAL_PARAMETERS,
@@ -284,9 +284,9 @@ class IngestUnitOfWork:
             [_details(entry.details) for entry in entries],
         ]
         if entries and messages:
-            await connection.fetchval(_OUTBOX_AND_SEAL, *outbox, *seal)
+            await connection.execute(_OUTBOX_AND_SEAL, *outbox, *seal)
         elif entries:
-            await connection.fetchval(_SEAL_ALONE, *seal)
+            await connection.execute(_SEAL_ALONE, *seal)
         elif messages:
             await connection.execute(_OUTBOX_ROWS, *outbox)
 

@@ -3,8 +3,8 @@
 The tenant is set with ``set_config(..., true)`` (the function form of ``SET LOCAL``) as
 the first statement, so row-level security scopes every later statement and the setting
 dies with the transaction. Audit entries and outbox messages are collected while the
-use case runs and written just before the commit: the tenant's chain head is locked
-last, for as short a time as possible.
+use case runs and written just before the commit, which seals the entries onto the
+tenant's chain: its head is locked inside the commit only (migration 0010).
 """
 
 from __future__ import annotations
@@ -269,14 +269,20 @@ class SqlUnitOfWork:
         self._messages.append(message)
 
     async def commit(self) -> None:
-        with translate_errors():
-            await self._write_outbox_and_audit()
-            await self.connection.commit()
+        """Write the outbox rows and hand over the audit entries, then commit, which
+        seals the entries onto the tenant's chain."""
+        try:
+            with translate_errors():
+                await self._write_outbox_and_audit()
+                await self.connection.commit()
+        except IntegrityError as error:
+            if sqlstate(error) == "23503":
+                raise UnknownTenant("no such tenant") from error
+            raise
         self._committed = True
 
     async def _write_outbox_and_audit(self) -> None:
-        """One statement for both, the audit sealing last (it locks the chain head until
-        the commit)."""
+        """One statement for both."""
         messages: dict[str, Any] = {
             "tenant_id": self.tenant_id,
             "message_ids": [message.message_id for message in self._messages],
@@ -290,16 +296,11 @@ class SqlUnitOfWork:
             if self._messages:
                 await self.connection.execute(_INSERT_OUTBOX, messages)
             return
-        entries = audit_trail.append_parameters(self._entries)
-        try:
-            if self._messages:
-                await self.connection.execute(_INSERT_OUTBOX_AND_SEAL, {**messages, **entries})
-            else:
-                await audit_trail.append(self.connection, self._entries)
-        except IntegrityError as error:
-            if sqlstate(error) == "23503":
-                raise UnknownTenant("no such tenant") from error
-            raise
+        if self._messages:
+            entries = audit_trail.append_parameters(self._entries)
+            await self.connection.execute(_INSERT_OUTBOX_AND_SEAL, {**messages, **entries})
+        else:
+            await audit_trail.append(self.connection, self._entries)
 
 
 def unit_of_work_factory(engine: AsyncEngine) -> Any:

@@ -21,10 +21,7 @@ Create Date: 2026-12-04
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
-from migrations.sql import run
+from migrations.sql import run, upgrade_script_of
 
 revision = "0009"
 down_revision = "0008"
@@ -94,13 +91,7 @@ END $$;
 
 def _guard_of_0006() -> str:
     """The guard as revision 0006 made it, read from that revision, for the downgrade."""
-    path = Path(__file__).with_name("0006_case_workflow.py")
-    spec = importlib.util.spec_from_file_location("vigil_revision_0006", path)
-    if spec is None or spec.loader is None:
-        raise RuntimeError(f"revision 0006 is not readable at {path}")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    script: str = module.UPGRADE
+    script = upgrade_script_of("0006_case_workflow.py")
     start = script.index("CREATE FUNCTION cases_review_guard()")
     end = script.index("CREATE TRIGGER cases_review_guard")
     return "CREATE OR REPLACE" + script[start:end].removeprefix("CREATE")

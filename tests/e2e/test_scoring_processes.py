@@ -26,6 +26,7 @@ from tests.integration.scoring_support import (
     activate_default_ruleset,
     alerting,
     assessed,
+    assessment_held,
     audit_head_locked,
     effects,
     eventually,
@@ -71,6 +72,19 @@ async def vigil(start_vigil: StartVigil, env: dict[str, str], *argv: str) -> lis
     ]
 
 
+async def _kill_a_waiting_worker(
+    start_vigil: StartVigil, env: dict[str, str], owner_engine: AsyncEngine
+) -> None:
+    """Start a worker, wait until its job waits on a lock, and SIGKILL it there."""
+    worker = await start_vigil("worker", env=env, ready=READY)
+    await eventually(
+        lambda: _at_least(sessions_waiting_for_locks(owner_engine, CONNECTION_NAME), 1),
+        what="the job waiting on a lock",
+    )
+    worker.send(signal.SIGKILL)
+    assert await worker.wait() == -signal.SIGKILL
+
+
 @pytest.fixture
 def scoring(settings: Settings) -> Settings:
     return scoring_settings(settings)
@@ -85,21 +99,15 @@ async def test_a_worker_killed_mid_job_leaves_exactly_one_assessment(
     transaction_event: Any,
 ) -> None:
     env = process_env(scoring)
-    await activate_default_ruleset(uow_factory, tenant)
+    version = await activate_default_ruleset(uow_factory, tenant)
     (event,) = await ingest(uow_factory, tenant, [alerting(transaction_event)])
 
     async with score_queue(scoring) as queue:
-        # Scoring waits just before its commit while the test holds the audit chain's
-        # head: the worker is killed there, its transaction open.
-        async with audit_head_locked(owner_engine, tenant):
+        # Scoring waits before its commit, on an assessment of the same event that the
+        # test holds uncommitted: the worker is killed there, its transaction open.
+        async with assessment_held(owner_engine, tenant, event, version):
             assert await enqueue_score(queue, tenant, event)
-            worker = await start_vigil("worker", env=env, ready=READY)
-            await eventually(
-                lambda: _at_least(sessions_waiting_for_locks(owner_engine, CONNECTION_NAME), 1),
-                what="the job waiting inside its transaction",
-            )
-            worker.send(signal.SIGKILL)
-            assert await worker.wait() == -signal.SIGKILL
+            await _kill_a_waiting_worker(start_vigil, env, owner_engine)
         await eventually(
             lambda: _none(sessions_of(owner_engine, CONNECTION_NAME)),
             what="the killed worker's sessions gone",
@@ -117,6 +125,45 @@ async def test_a_worker_killed_mid_job_leaves_exactly_one_assessment(
         await eventually(lambda: _assessed(owner_engine, tenant, 1), what="assessed")
         assert await worker.stop() == 0
 
+    assert await effects(owner_engine, tenant) == Effects(**ONE_ALERT)
+    async with owner_engine.connect() as connection:
+        await verify(connection, tenant)
+
+
+async def test_a_worker_killed_in_its_commit_leaves_exactly_one_assessment(
+    start_vigil: StartVigil,
+    scoring: Settings,
+    tenant: uuid.UUID,
+    uow_factory: UnitOfWorkFactory,
+    owner_engine: AsyncEngine,
+    transaction_event: Any,
+) -> None:
+    """Killed once its COMMIT is sent (waiting there for the audit chain's head, which the
+    commit seals onto), the worker never learns the outcome: the database commits, and
+    the job, run again, finds the event assessed and adds nothing."""
+    env = process_env(scoring)
+    await activate_default_ruleset(uow_factory, tenant)
+    (event,) = await ingest(uow_factory, tenant, [alerting(transaction_event)])
+
+    async with score_queue(scoring) as queue:
+        async with audit_head_locked(owner_engine, tenant):
+            assert await enqueue_score(queue, tenant, event)
+            await _kill_a_waiting_worker(start_vigil, env, owner_engine)
+        await eventually(lambda: _assessed(owner_engine, tenant, 1), what="the commit done")
+        await eventually(
+            lambda: _none(sessions_of(owner_engine, CONNECTION_NAME)),
+            what="the killed worker's sessions gone",
+        )
+        assert await queued_job_ids(queue, scoring.score_queue) == [job_id(tenant, event)]
+
+        worker = await start_vigil("worker", env=env, ready=READY)
+        printed = await vigil(
+            start_vigil, env, "reconcile", "--tenant", str(tenant), "--deadline", "0"
+        )
+        assert printed == ["0 events enqueued again"]
+        assert await worker.stop() == 0
+
+    assert await assessed(owner_engine, tenant) == 1
     assert await effects(owner_engine, tenant) == Effects(**ONE_ALERT)
     async with owner_engine.connect() as connection:
         await verify(connection, tenant)

@@ -213,11 +213,33 @@ async def assessed(owner_engine: AsyncEngine, tenant: uuid.UUID) -> int:
 
 @contextlib.asynccontextmanager
 async def audit_head_locked(owner_engine: AsyncEngine, tenant: uuid.UUID) -> AsyncIterator[None]:
-    """Hold the tenant's audit chain head, which every scoring transaction locks just
-    before its commit: scoring runs up to that point and waits there."""
+    """Hold the tenant's audit chain head, which every scoring transaction locks in its
+    commit: scoring runs up to that point and waits there."""
     async with owner_engine.connect() as connection, connection.begin() as transaction:
         await connection.execute(
             text("SELECT 1 FROM audit_heads WHERE tenant_id = :t FOR UPDATE"), {"t": tenant}
+        )
+        try:
+            yield
+        finally:
+            await transaction.rollback()
+
+
+@contextlib.asynccontextmanager
+async def assessment_held(
+    owner_engine: AsyncEngine, tenant: uuid.UUID, event: uuid.UUID, version: int
+) -> AsyncIterator[None]:
+    """Hold an uncommitted assessment of ``event`` under ``version``: a scoring
+    transaction inserting its own waits on it, mid-transaction, before its commit, and
+    goes on (finding no conflict) once it is rolled back on leaving."""
+    async with owner_engine.connect() as connection, connection.begin() as transaction:
+        await connection.execute(
+            text(
+                "INSERT INTO assessments (tenant_id, assessment_id, event_id, ruleset_version,"
+                " scorer, score, band, alert, explanation, context, scored_at) VALUES"
+                " (:t, gen_random_uuid(), :e, :v, 'held', 0, 'low', false, '{}', '{}', now())"
+            ),
+            {"t": tenant, "e": event, "v": version},
         )
         try:
             yield

@@ -1,5 +1,6 @@
-"""The database seals audit records (``vigil_append_audit``) exactly as Python verifies
-them, alone, after records of the older scheme, and under concurrent writers."""
+"""The database seals audit records (``vigil_append_audit``, then the commit) exactly as
+Python verifies them, alone, after records of the older scheme, and under concurrent
+writers; and it seals them at the commit, so an open transaction blocks no other."""
 
 from __future__ import annotations
 
@@ -61,9 +62,8 @@ async def test_records_the_database_seals_verify_in_python(
     entries = [_entry(value) for value in TRICKY] + [_entry({"n": 1}, correlation_id=None)]
     async with app_engine.begin() as connection:
         await connection.execute(SET_TENANT, {"t": str(tenant)})
-        last = await audit_trail.append(connection, entries)
+        await audit_trail.append(connection, entries)
 
-    assert last == 1 + len(entries)
     async with owner_engine.connect() as connection:
         assert await audit_trail.verify(connection, tenant) == 1 + len(entries)
         schemes = (
@@ -183,4 +183,98 @@ async def test_a_transaction_without_a_tenant_cannot_seal(app_engine: AsyncEngin
     async with app_engine.connect() as connection:
         with pytest.raises(DBAPIError, match="no tenant is set"):
             await audit_trail.append(connection, [_entry({})])
+        await connection.rollback()
+
+
+async def _pending_and_sealed(owner_engine: AsyncEngine, tenant: uuid.UUID) -> tuple[int, int]:
+    async with owner_engine.connect() as connection:
+        pending = await connection.scalar(text("SELECT count(*) FROM audit_pending"))
+        sealed = await connection.scalar(
+            text("SELECT last_seq FROM audit_heads WHERE tenant_id = :t"), {"t": tenant}
+        )
+    return int(pending or 0), int(sealed or 0)
+
+
+async def test_entries_handed_over_hold_no_lock_until_the_commit(
+    app_engine: AsyncEngine, owner_engine: AsyncEngine, tenant: uuid.UUID
+) -> None:
+    """A transaction that has handed over its entries but not yet committed (a client
+    busy elsewhere) must not hold up the tenant's other writers: the head is locked in
+    the commit, not before."""
+    async with app_engine.connect() as slow:
+        await slow.begin()
+        await slow.execute(SET_TENANT, {"t": str(tenant)})
+        await audit_trail.append(slow, [_entry({"slow": True})])
+
+        async def quick() -> None:
+            async with app_engine.begin() as connection:
+                await connection.execute(SET_TENANT, {"t": str(tenant)})
+                await connection.execute(text("SET LOCAL lock_timeout = '5s'"))
+                await audit_trail.append(connection, [_entry({"quick": True})])
+
+        await asyncio.wait_for(quick(), timeout=10)
+        records = [record async for record in _records_as_owner(owner_engine, tenant)]
+        assert [record.entry.details for record in records[1:]] == [{"quick": True}]
+        await slow.commit()
+
+    async with owner_engine.connect() as connection:
+        assert await audit_trail.verify(connection, tenant) == 1 + 2
+    assert await _pending_and_sealed(owner_engine, tenant) == (0, 3)
+
+
+async def _records_as_owner(owner_engine: AsyncEngine, tenant: uuid.UUID) -> Any:
+    async with owner_engine.connect() as connection:
+        async for record in audit_trail.records(connection, tenant):
+            yield record
+
+
+async def test_what_is_rolled_back_is_never_sealed(
+    app_engine: AsyncEngine, owner_engine: AsyncEngine, tenant: uuid.UUID
+) -> None:
+    async with app_engine.connect() as connection:
+        await connection.begin()
+        await connection.execute(SET_TENANT, {"t": str(tenant)})
+        await audit_trail.append(connection, [_entry({"n": "dropped"})])
+        await connection.rollback()
+
+    async with app_engine.begin() as connection:
+        await connection.execute(SET_TENANT, {"t": str(tenant)})
+        await audit_trail.append(connection, [_entry({"n": "kept"})])
+        savepoint = await connection.begin_nested()
+        await audit_trail.append(connection, [_entry({"n": "rolled back to the savepoint"})])
+        await savepoint.rollback()
+        await audit_trail.append(connection, [_entry({"n": "kept too"})])
+
+    records = [record async for record in _records_as_owner(owner_engine, tenant)]
+    assert [record.entry.details for record in records[1:]] == [{"n": "kept"}, {"n": "kept too"}]
+    assert await _pending_and_sealed(owner_engine, tenant) == (0, 3)
+
+
+async def test_an_unknown_tenant_fails_the_call_not_only_the_commit(
+    app_engine: AsyncEngine,
+) -> None:
+    async with app_engine.connect() as connection:
+        await connection.execute(SET_TENANT, {"t": str(uuid.uuid4())})
+        with pytest.raises(DBAPIError, match="no such tenant"):
+            await audit_trail.append(connection, [_entry({})])
+        await connection.rollback()
+
+
+@pytest.mark.parametrize(
+    "statement",
+    [
+        "SELECT count(*) FROM audit_pending",
+        "INSERT INTO audit_pending (tenant_id, record_ids, actors, actions, entity_types,"
+        " entity_ids, correlation_ids, details) VALUES (vigil_current_tenant(), '{}', '{}',"
+        " '{}', '{}', '{}', '{}', '{}')",
+        "DELETE FROM audit_pending",
+    ],
+)
+async def test_the_app_role_cannot_reach_the_queue_of_entries(
+    app_engine: AsyncEngine, tenant: uuid.UUID, statement: str
+) -> None:
+    async with app_engine.connect() as connection:
+        await connection.execute(SET_TENANT, {"t": str(tenant)})
+        with pytest.raises(DBAPIError, match="permission denied"):
+            await connection.execute(text(statement))
         await connection.rollback()
