@@ -46,7 +46,7 @@ from vigil.datasource import DataUnavailable, locate
 from vigil.processes import Processes, child_environment, wait_until_ready
 from vigil.provisioning import provision_tenant
 from vigil.quality import measure, naive_flags
-from vigil.report import COUNTS, Memory, Report, read_report
+from vigil.report import PROGRESS, STORED, Memory, Report, read_report
 
 MUTATION = """
 mutation Ingest($input: IngestEventsInput!) {
@@ -80,6 +80,10 @@ CHILD_DEFAULTS = {
 SEND_TRIES = 6
 STALL_SECONDS = 180.0
 POLL_SECONDS = 0.5
+# The monitor waits at least this many times as long as its last look took, so that
+# counting a table grown large never takes more than a small share of a core from the
+# processes being measured.
+MONITOR_SPACING = 20
 READY_SECONDS = 120.0
 
 
@@ -98,6 +102,9 @@ class Progress:
     stored: int = 0
     assessed: int = 0
     failed: int = 0
+    # Set once every transfer has been sent: the stored count is final after one more look.
+    all_sent: bool = False
+    stored_final: bool = False
     early: dict[str, float] = field(default_factory=dict)
     last: dict[str, tuple[float, float]] = field(default_factory=dict)
 
@@ -185,6 +192,7 @@ async def _replay(
             base, ingest, events[BY_QUEUE : BY_QUEUE + args.batch], args.batch, 1
         )
         expected = len(events) - sent.rejected
+        progress.all_sent = True
         await _wait_for_assessments(progress, expected, monitor)
         wall = time.monotonic() - started
     finally:
@@ -317,16 +325,22 @@ async def _monitor(
 ) -> None:
     started = time.monotonic()
     while True:
+        looked = time.monotonic()
+        all_sent = progress.all_sent
         async with engine.connect() as connection:
-            row = (await connection.execute(COUNTS, {"t": tenant_id})).one()
-        progress.stored, progress.assessed, progress.failed = row.events, row.assessed, row.failed
+            if not progress.stored_final:
+                progress.stored = int(await connection.scalar(STORED, {"t": tenant_id}) or 0)
+                progress.stored_final = all_sent
+            row = (await connection.execute(PROGRESS, {"t": tenant_id})).one()
+        progress.assessed, progress.failed = row.assessed, row.failed
+        took = time.monotonic() - looked
         progress.last = processes.memory() or progress.last
         if not progress.early and total > EARLY_MEMORY_AT <= progress.assessed:
             progress.early = {name: rss for name, (_, rss) in progress.last.items()}
         if stopped := processes.exited():
             raise RuntimeError(f"a process stopped during the replay: {', '.join(stopped)}")
         _bar(progress, total, time.monotonic() - started)
-        await asyncio.sleep(POLL_SECONDS)
+        await asyncio.sleep(max(POLL_SECONDS, MONITOR_SPACING * took))
 
 
 async def _wait_for_assessments(
