@@ -97,6 +97,8 @@ class Relay:
         # asyncpg directly; the engine serves the chores (purge, statistics).
         self._dsn = plain_url(engine.url.render_as_string(hide_password=False))
         self._connection: asyncpg.Connection | None = None
+        # Whether the last claim may have left rows behind that could leave at once.
+        self.more_due = False
 
     @classmethod
     def from_settings(cls, settings: Settings, engine: AsyncEngine) -> Relay:
@@ -133,7 +135,9 @@ class Relay:
             connection = await self._database()
             try:
                 async with connection.transaction():
-                    groups = await store.claim(connection, self._batch_size)
+                    claimed = await store.claim(connection, self._batch_size)
+                    groups = claimed.groups
+                    self.more_due = claimed.more_due
                     if not groups:
                         return 0
                     results = await asyncio.gather(
@@ -156,7 +160,7 @@ class Relay:
         if lost is not None:
             await self._publisher.close()
             raise lost
-        return sum(len(rows) for rows in groups.values())
+        return len(claimed)
 
     async def _database(self) -> asyncpg.Connection:
         connection = self._connection
@@ -299,8 +303,11 @@ async def _work(relay: Relay, wakeup: Wakeup, stop: asyncio.Event, poll_seconds:
             continue
 
         failures = 0
-        # Whatever was claimed, more may be due at once (the rows behind a key's head).
-        if claimed == 0:
+        # A full batch, or a key's followers cut short, may have left rows that can
+        # leave at once. Otherwise what is left is held by another loop or not yet
+        # committed, and the next commit wakes us: claiming again at once would only
+        # find nothing, at the price of a claim's statements for every commit.
+        if claimed == 0 or not relay.more_due:
             await wakeup.wait(poll_seconds)
 
 

@@ -210,6 +210,73 @@ async def test_a_long_queue_in_back_off_does_not_hide_other_subjects(
         assert await relay.run_once() == 0
 
 
+@pytest.mark.parametrize(
+    ("keys", "rows_per_key", "claims"),
+    [
+        # (claimed, more_due) of each claim until the outbox is empty
+        (3, 2, [(6, False)]),
+        (12, 1, [(10, True), (2, False)]),
+        (1, 15, [(10, True), (5, False)]),
+    ],
+    ids=["all-taken", "more-heads-than-the-batch", "followers-cut-short"],
+)
+async def test_a_claim_says_whether_it_left_rows_that_may_leave_now(
+    tenant: uuid.UUID,
+    make_relay: MakeRelay,
+    owner_engine: AsyncEngine,
+    amqp: AbstractRobustConnection,
+    names: Names,
+    keys: int,
+    rows_per_key: int,
+    claims: list[tuple[int, bool]],
+) -> None:
+    # The claim loop claims again at once only when rows may have been left behind;
+    # otherwise it waits for the next commit's wakeup, instead of paying for an empty
+    # claim after every batch.
+    relay = make_relay(batch_size=10)
+    async with owner_engine.begin() as connection:
+        for _ in range(keys):
+            key = new_id()
+            for _ in range(rows_per_key):
+                await insert_row(connection, tenant, ordering_key=key)
+
+    async with tap(amqp, names, tenant) as queue:
+        seen = []
+        for _ in claims:
+            claimed = await relay.run_once()
+            seen.append((claimed, relay.more_due))
+        assert seen == claims
+        await until(lambda: len(queue.ids) == keys * rows_per_key)
+        assert await relay.run_once() == 0
+
+
+@pytest.mark.parametrize(("pending", "searched_by_key"), [(3, False), (12, True)])
+async def test_heads_are_searched_by_key_only_when_the_window_may_have_missed_some(
+    settings: Settings,
+    tenant: uuid.UUID,
+    owner_engine: AsyncEngine,
+    pending: int,
+    searched_by_key: bool,
+) -> None:
+    # A batch of 2 looks at a window of the 10 oldest pending rows. With 3 pending the
+    # window held them all, and the search key by key (a descent per key with pending
+    # rows) could find nothing more.
+    async with owner_engine.begin() as connection:
+        key = new_id()
+        for _ in range(pending):
+            await insert_row(connection, tenant, ordering_key=key)
+    statements: list[str] = []
+    connection = await asyncpg.connect(plain_url(settings.relay_database_url))
+    try:
+        connection.add_query_logger(lambda record: statements.append(record.query))
+        async with connection.transaction():
+            claimed = await store.claim(connection, 2)
+    finally:
+        await connection.close()
+    assert len(claimed) == 2
+    assert (store.HEADS_BY_KEY in statements) is searched_by_key
+
+
 async def test_a_message_the_broker_refuses_stays_pending(
     tenant: uuid.UUID,
     make_relay: MakeRelay,
