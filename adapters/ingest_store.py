@@ -27,11 +27,10 @@ from types import TracebackType
 from typing import Any, Self
 
 import asyncpg
-import msgspec
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from adapters import audit_trail
-from adapters.database import positional, translate_errors
+from adapters.database import json_text, positional, translate_errors
 from adapters.unit_of_work import EVENTS_SQL, OUTBOX_ROWS_SQL, SUBJECTS_SQL
 from domain.audit import AuditEntry
 from domain.canonical import plain_json
@@ -93,14 +92,7 @@ _OUTBOX_AND_SEAL = positional(
 _SEAL_ALONE = positional(audit_trail.APPEND_SQL, _SEAL_PARAMETERS)
 
 
-_encode = msgspec.json.Encoder().encode
-
-
-def _json(value: Mapping[str, Any]) -> str:
-    """JSON text for a jsonb column: the database parses it, so any spelling of the same
-    value will do, and msgspec writes it several times faster than the json module.
-    (What is hashed keeps its canonical encoding, made in the domain.)"""
-    return _encode(value).decode()
+_json = json_text
 
 
 def _details(details: Mapping[str, Any]) -> str:

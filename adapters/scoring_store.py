@@ -34,7 +34,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from adapters import tables
 from adapters.case_store import case_of_row
-from adapters.database import translate_errors
+from adapters.database import json_text, translate_errors
 from adapters.features import history_features
 from domain.cases import Case, CaseStatus
 from domain.errors import TransientFailure
@@ -141,11 +141,24 @@ _ASSESSED = select(_assessments.c.event_id).where(
     _assessments.c.event_id == any_(_EVENT_IDS),
     _assessments.c.ruleset_version == _VERSION,
 )
-_ADD_ASSESSMENTS = (
-    insert(_assessments)
-    .on_conflict_do_nothing(index_elements=["tenant_id", "event_id", "ruleset_version"])
-    .returning(_assessments.c.event_id)
-)
+# A batch's assessments as one array per column: one statement text whatever the batch
+# size (SQLAlchemy's multi-row VALUES made a new statement, prepared and planned anew,
+# for every size), its JSON written by msgspec.
+_ADD_ASSESSMENTS = text("""
+INSERT INTO assessments (tenant_id, assessment_id, event_id, ruleset_version, scorer, score,
+                         band, alert, explanation, context, scored_at)
+SELECT :tenant_id, a.assessment_id, a.event_id, a.ruleset_version, a.scorer, a.score, a.band,
+       a.alert, a.explanation, a.context, a.scored_at
+FROM unnest(CAST(:assessment_ids AS uuid[]), CAST(:event_ids AS uuid[]),
+            CAST(:versions AS integer[]), CAST(:scorers AS text[]), CAST(:scores AS integer[]),
+            CAST(:bands AS text[]), CAST(:alerts AS boolean[]),
+            CAST(:explanations AS jsonb[]), CAST(:contexts AS jsonb[]),
+            CAST(:scored_ats AS timestamptz[]))
+    AS a (assessment_id, event_id, ruleset_version, scorer, score, band, alert, explanation,
+          context, scored_at)
+ON CONFLICT (tenant_id, event_id, ruleset_version) DO NOTHING
+RETURNING event_id
+""")
 _CLEAR_FAILURES = delete(_failures).where(
     _failures.c.tenant_id == _TENANT, _failures.c.event_id == any_(_EVENT_IDS)
 )
@@ -307,24 +320,23 @@ class SqlScoringStore:
     async def add_assessments(self, records: Sequence[AssessmentRecord]) -> set[uuid.UUID]:
         if not records:
             return set()
-        rows = [
-            {
-                "tenant_id": self._tenant_id,
-                "assessment_id": record.assessment_id,
-                "event_id": record.event_id,
-                "ruleset_version": record.ruleset_version,
-                "scorer": record.scorer,
-                "score": record.evaluation.score,
-                "band": record.evaluation.band.value,
-                "alert": record.evaluation.alert,
-                "explanation": explanation_document(record.evaluation),
-                "context": _plain(record.context),
-                "scored_at": record.scored_at,
-            }
-            for record in records
-        ]
+        parameters = {
+            "tenant_id": self._tenant_id,
+            "assessment_ids": [record.assessment_id for record in records],
+            "event_ids": [record.event_id for record in records],
+            "versions": [record.ruleset_version for record in records],
+            "scorers": [record.scorer for record in records],
+            "scores": [record.evaluation.score for record in records],
+            "bands": [record.evaluation.band.value for record in records],
+            "alerts": [record.evaluation.alert for record in records],
+            "explanations": [
+                json_text(explanation_document(record.evaluation)) for record in records
+            ],
+            "contexts": [json_text(_plain(record.context)) for record in records],
+            "scored_ats": [record.scored_at for record in records],
+        }
         with translate_errors():
-            result = await self._connection.execute(_ADD_ASSESSMENTS, rows)
+            result = await self._connection.execute(_ADD_ASSESSMENTS, parameters)
             return set(result.scalars())
 
     async def add_assessment(self, record: AssessmentRecord) -> bool:

@@ -9,7 +9,6 @@ tenant's chain: its head is locked inside the commit only (migration 0010).
 
 from __future__ import annotations
 
-import json
 import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -24,7 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from adapters import audit_trail, tables
 from adapters.case_feed import SqlCaseFeed
 from adapters.case_store import SqlCaseStore
-from adapters.database import sqlstate, translate_errors
+from adapters.database import json_text, sqlstate, translate_errors
 from adapters.scoring_store import SqlScoringStore
 from domain.audit import AuditEntry
 from domain.errors import UnknownTenant
@@ -146,7 +145,7 @@ class SqlEventStore:
             "counterparty_ids": [event.counterparty_id for event in events],
             "amounts": [event.draft.amount for event in events],
             "currencies": [event.draft.currency for event in events],
-            "payloads": [json.dumps(dict(event.draft.payload)) for event in events],
+            "payloads": [json_text(dict(event.draft.payload)) for event in events],
             "hashes": [event.draft.payload_hash for event in events],
         }
         with translate_errors():
@@ -169,7 +168,7 @@ class SqlSubjectStore:
             "subject_ids": [new_id() for _ in facts],
             "kinds": [fact.subject.kind.value for fact in facts],
             "refs": [fact.subject.ref for fact in facts],
-            "attributes": [json.dumps(dict(fact.attributes)) for fact in facts],
+            "attributes": [json_text(dict(fact.attributes)) for fact in facts],
             "attributes_at": [fact.as_of or now for fact in facts],
         }
         try:
@@ -289,7 +288,7 @@ class SqlUnitOfWork:
             "ordering_keys": [message.ordering_key for message in self._messages],
             "message_types": [message.message_type for message in self._messages],
             "envelopes": [
-                json.dumps(cloud_event(self.tenant_id, message)) for message in self._messages
+                json_text(cloud_event(self.tenant_id, message)) for message in self._messages
             ],
         }
         if not self._entries:

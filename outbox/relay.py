@@ -288,7 +288,9 @@ async def run(settings: Settings) -> None:
 
 async def _work(relay: Relay, wakeup: Wakeup, stop: asyncio.Event, poll_seconds: float) -> None:
     failures = 0
+    signal = wakeup.signal()
     while not stop.is_set():
+        signal.clear()
         try:
             claimed = await relay.run_once()
         except Exception as error:
@@ -304,11 +306,13 @@ async def _work(relay: Relay, wakeup: Wakeup, stop: asyncio.Event, poll_seconds:
 
         failures = 0
         # A full batch, or a key's followers cut short, may have left rows that can
-        # leave at once. Otherwise what is left is held by another loop or not yet
-        # committed, and the next commit wakes us: claiming again at once would only
-        # find nothing, at the price of a claim's statements for every commit.
+        # leave at once. Otherwise what is left was committed after the claim began
+        # (which has set the signal already, so the wait returns at once) or is held
+        # by another loop (which claims again itself when its claim ends), so waiting
+        # for a commit costs nothing, where claiming again at once would usually find
+        # nothing, at the price of a claim's statements for every commit.
         if claimed == 0 or not relay.more_due:
-            await wakeup.wait(poll_seconds)
+            await signal.wait(poll_seconds)
 
 
 def _stop_on_signals(stop: asyncio.Event, wakeup: Wakeup) -> None:

@@ -26,21 +26,55 @@ _CHECK_TIMEOUT_SECONDS = 5.0
 _RECONNECT_SECONDS = (0.5, 1.0, 2.0, 5.0, 10.0)
 
 
+class Signal:
+    """One claim loop's view of the wakeups: set by every notification (and kick) since
+    the loop last cleared it.
+
+    Each loop needs its own. With one flag shared by the loops, a loop woken while
+    another was claiming cleared the flag for both; the busy loop, whose claim could not
+    see the newly committed rows (or saw them behind a head it held), then slept until
+    the poll while those rows waited."""
+
+    def __init__(self) -> None:
+        self._event = asyncio.Event()
+
+    def set(self) -> None:
+        self._event.set()
+
+    def clear(self) -> None:
+        """Forget the wakeups so far: call it as a claim starts, so that a commit during
+        the claim makes the next wait return at once."""
+        self._event.clear()
+
+    async def wait(self, at_most: float) -> None:
+        """Return when set, or after ``at_most`` seconds (the poll interval)."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._event.wait(), at_most)
+
+
 class Wakeup:
     def __init__(self, dsn: str, *, application_name: str = "vigil-relay") -> None:
         self._dsn = dsn
         self._application_name = application_name
-        self._event = asyncio.Event()
+        self._signals: list[Signal] = [Signal()]
+
+    def signal(self) -> Signal:
+        """A signal of its own for one claim loop."""
+        made = Signal()
+        self._signals.append(made)
+        return made
 
     def kick(self) -> None:
         """Wake whoever waits now, or make the next wait return at once."""
-        self._event.set()
+        for signal in self._signals:
+            signal.set()
 
     async def wait(self, at_most: float) -> None:
-        """Return when woken, or after ``at_most`` seconds (the poll interval)."""
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._event.wait(), at_most)
-        self._event.clear()
+        """Return when woken, or after ``at_most`` seconds (the poll interval); for a
+        single waiter (each claim loop has a :meth:`signal` of its own)."""
+        signal = self._signals[0]
+        await signal.wait(at_most)
+        signal.clear()
 
     async def listen(self) -> None:
         """Keep a listening connection open until cancelled."""
@@ -94,4 +128,4 @@ class Wakeup:
         raise ConnectionError("the listening connection was closed")
 
     def _notified(self, *_: Any) -> None:
-        self._event.set()
+        self.kick()

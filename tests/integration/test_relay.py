@@ -28,10 +28,11 @@ from adapters.settings import Settings
 from domain.ids import new_id
 from outbox import store
 from outbox.publisher import CONTENT_TYPE, Publisher
-from outbox.relay import Backoff, Relay
+from outbox.relay import Backoff, Relay, _work
 from outbox.wakeup import Wakeup
 from services.ingest import Caller, Outcome, ingest_events
 from tests.integration.relay_support import MakeRelay, insert_row, outbox_rows, tap, until
+from tests.integration.scoring_support import eventually, sessions_waiting_for_locks
 
 pytestmark = pytest.mark.usefixtures("quiet_outbox")
 
@@ -598,3 +599,60 @@ async def test_a_commit_wakes_the_relay_and_a_lost_listener_comes_back(
     finally:
         listening.cancel()
         await asyncio.gather(listening, return_exceptions=True)
+
+
+async def test_a_loop_holding_a_key_claims_again_for_a_row_committed_behind_it(
+    settings: Settings,
+    tenant: uuid.UUID,
+    make_relay: MakeRelay,
+    relay_engine: AsyncEngine,
+    owner_engine: AsyncEngine,
+    amqp: AbstractRobustConnection,
+    names: Names,
+) -> None:
+    """Two claim loops. Loop A holds a key's head while a row of that key is committed;
+    the commit wakes loop B, which finds the key held and waits again. When A's claim
+    ends, the new row is the key's head and nothing else will wake anyone: A itself must
+    claim again at once, not at the next poll (30 s here)."""
+    key = new_id()
+    async with owner_engine.begin() as connection:
+        head, _ = await insert_row(connection, tenant, ordering_key=key)
+        held, _ = await insert_row(connection, tenant, ordering_key=key)
+    name = f"vigil-test-{secrets.token_hex(4)}"
+    wakeup = Wakeup(plain_url(settings.relay_database_url), application_name=name)
+    stop = asyncio.Event()
+    loops: list[asyncio.Task[None]] = []
+    listening = asyncio.create_task(wakeup.listen())
+    try:
+        await listener_pid(relay_engine, f"{name}-listen", other_than=None)
+        async with tap(amqp, names, tenant) as queue, owner_engine.connect() as holder:
+            # A claims the head, then waits to lock the follower the test holds.
+            transaction = await holder.begin()
+            await holder.execute(
+                text("SELECT 1 FROM outbox WHERE message_id = :id FOR UPDATE"), {"id": held}
+            )
+            loops.append(asyncio.create_task(_work(make_relay(), wakeup, stop, 30.0)))
+            await eventually(
+                lambda: _waiting_for_a_lock(owner_engine, "vigil-relay"),
+                what="loop A waiting to lock the held follower",
+            )
+            # B finds the key held, and waits.
+            loops.append(asyncio.create_task(_work(make_relay(), wakeup, stop, 30.0)))
+            await asyncio.sleep(0.5)
+
+            async with owner_engine.begin() as connection:
+                behind, _ = await insert_row(connection, tenant, ordering_key=key)
+            await asyncio.sleep(0.5)  # B woke, found the head held, and waits again
+            await transaction.rollback()
+
+            await until(lambda: queue.ids == [str(head), str(held), str(behind)], seconds=5)
+    finally:
+        stop.set()
+        wakeup.kick()
+        await asyncio.gather(*loops, return_exceptions=True)
+        listening.cancel()
+        await asyncio.gather(listening, return_exceptions=True)
+
+
+async def _waiting_for_a_lock(owner_engine: AsyncEngine, application: str) -> bool:
+    return await sessions_waiting_for_locks(owner_engine, application) > 0
