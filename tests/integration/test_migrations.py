@@ -10,6 +10,8 @@ from pathlib import Path
 import asyncpg
 from alembic import command
 from alembic.config import Config
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 ROOT = Path(__file__).resolve().parents[2]
 ADMIN_URL = os.environ.get(
@@ -60,3 +62,24 @@ def test_upgrade_downgrade_upgrade() -> None:
         assert "events" in _tables(url)
     finally:
         _admin(f"DROP DATABASE {name} WITH (FORCE)")
+
+
+async def test_the_queue_tables_are_vacuumed_after_a_fixed_number_of_dead_rows(
+    owner_engine: AsyncEngine,
+) -> None:
+    # A scale factor of zero: autovacuum visits them after 5,000 dead rows, however
+    # large they have grown, instead of once a fifth of them is dead.
+    async with owner_engine.connect() as connection:
+        rows = (
+            await connection.execute(
+                text(
+                    "SELECT relname, reloptions FROM pg_class"
+                    " WHERE relname IN ('outbox', 'audit_pending')"
+                    " AND relnamespace = 'public'::regnamespace"
+                )
+            )
+        ).all()
+    options = {row.relname: list(row.reloptions or []) for row in rows}
+    for table in ("outbox", "audit_pending"):
+        assert "autovacuum_vacuum_scale_factor=0" in options[table], options
+        assert "autovacuum_vacuum_threshold=5000" in options[table], options

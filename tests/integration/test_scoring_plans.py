@@ -1,4 +1,4 @@
-"""Scoring's reads stay probes by key whatever the table statistics say: a new tenant's
+"""Scoring's batch reads stay probes by key whatever the table statistics say: a new tenant's
 tables are read as a few rows per batch, not scanned, both before the tables were ever
 analysed and when they were analysed while the tenant was still small."""
 
@@ -13,7 +13,7 @@ import pytest
 from sqlalchemy.dialects import postgresql
 
 from adapters.database import plain_url
-from adapters.scoring_store import _LOAD_EVENTS
+from adapters.scoring_store import _ASSESSED, _LOAD_EVENTS
 from adapters.settings import Settings
 from domain.ids import new_id
 
@@ -51,6 +51,13 @@ async def _fill(
         events,
         subjects,
     )
+    await connection.execute(
+        "INSERT INTO assessments (tenant_id, assessment_id, event_id, ruleset_version, scorer,"
+        " score, band, alert, explanation, context, scored_at)"
+        " SELECT tenant_id, gen_random_uuid(), event_id, 1, 'test', 0, 'low', false, '{}',"
+        " '{}', now() FROM events WHERE tenant_id = $1 ON CONFLICT DO NOTHING",
+        tenant,
+    )
     # Some events failed once: the failures table is not empty either.
     await connection.execute(
         "INSERT INTO scoring_failures (tenant_id, event_id, attempts, reason)"
@@ -61,14 +68,26 @@ async def _fill(
     )
 
 
+STATEMENTS = {
+    "load": (
+        _LOAD_EVENTS,
+        {},
+        (("events", "event_id"), ("subjects", "subject_id"), ("scoring_failures", "event_id")),
+    ),
+    "assessed": (_ASSESSED, {"version": 1}, (("assessments", "event_id"),)),
+}
+
+
+@pytest.mark.parametrize("statement", sorted(STATEMENTS))
 @pytest.mark.parametrize("statistics", ["never analysed", "analysed while the tenant was small"])
-async def test_events_are_loaded_by_key(settings: Settings, statistics: str) -> None:
+async def test_a_batch_is_read_by_key(settings: Settings, statistics: str, statement: str) -> None:
+    sql, values, probes = STATEMENTS[statement]
     connection = await asyncpg.connect(plain_url(settings.owner_database_url))
     tenant = new_id()
     try:
         async with connection.transaction():
             # Temporary tables of the same shape hide the real ones within this session.
-            for table in ("subjects", "events", "scoring_failures"):
+            for table in ("subjects", "events", "scoring_failures", "assessments"):
                 await connection.execute(
                     f"CREATE TEMPORARY TABLE {table} (LIKE public.{table} INCLUDING ALL)"
                     " ON COMMIT DROP"
@@ -77,7 +96,7 @@ async def test_events_are_loaded_by_key(settings: Settings, statistics: str) -> 
                 # Another tenant fills the statistics; this one has a few rows so far.
                 await _fill(connection, new_id(), SUBJECTS, EVENTS)
                 await _fill(connection, tenant, 200, 60)
-                await connection.execute("ANALYZE subjects, events, scoring_failures")
+                await connection.execute("ANALYZE subjects, events, scoring_failures, assessments")
             await _fill(connection, tenant, SUBJECTS, EVENTS)
             wanted = [
                 row["event_id"]
@@ -85,7 +104,7 @@ async def test_events_are_loaded_by_key(settings: Settings, statistics: str) -> 
                     "SELECT event_id FROM events WHERE tenant_id = $1 LIMIT $2", tenant, WANTED
                 )
             ]
-            explain, arguments = _explain(_LOAD_EVENTS, tenant_id=tenant, event_ids=wanted)
+            explain, arguments = _explain(sql, tenant_id=tenant, event_ids=wanted, **values)
             plan = await connection.fetch(explain, *arguments)
     finally:
         await connection.close()
@@ -93,11 +112,7 @@ async def test_events_are_loaded_by_key(settings: Settings, statistics: str) -> 
     assert "hash join" not in lines, lines
     assert "seq scan" not in lines, lines
     # Every read of a table is an index probe by its whole key.
-    for table, key in (
-        ("events", "event_id"),
-        ("subjects", "subject_id"),
-        ("scoring_failures", "event_id"),
-    ):
+    for table, key in probes:
         scans = re.findall(
             rf"scan(?: using \w+)? on {table} \w+[^\n]*\n\s+index cond: \(([^\n]*)", lines
         )
