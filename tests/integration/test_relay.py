@@ -656,3 +656,31 @@ async def test_a_loop_holding_a_key_claims_again_for_a_row_committed_behind_it(
 
 async def _waiting_for_a_lock(owner_engine: AsyncEngine, application: str) -> bool:
     return await sessions_waiting_for_locks(owner_engine, application) > 0
+
+
+async def test_the_backlog_figures_do_not_read_the_published_rows(
+    tenant: uuid.UUID, owner_engine: AsyncEngine
+) -> None:
+    # Published rows stay a day and outnumber the pending ones by far; the figures,
+    # asked for every 5 s, must come from the pending (and parked) rows alone.
+    async with owner_engine.begin() as connection:
+        await connection.execute(
+            text(
+                "INSERT INTO outbox (tenant_id, message_id, ordering_key, message_type, envelope,"
+                " published_at) SELECT :tenant, gen_random_uuid(), gen_random_uuid(),"
+                " 'event.received', '{}'::jsonb, now() FROM generate_series(1, 5000)"
+            ),
+            {"tenant": tenant},
+        )
+        await insert_row(connection, tenant)
+    seq_scans = text("SELECT seq_scan FROM pg_stat_xact_user_tables WHERE relname = 'outbox'")
+    async with owner_engine.begin() as connection:
+        before = (await connection.execute(seq_scans)).scalar_one()
+        await connection.execute(text("SELECT * FROM vigil_outbox_stats()"))
+        after = (await connection.execute(seq_scans)).scalar_one()
+        await connection.execute(
+            text("DELETE FROM outbox WHERE tenant_id = :tenant AND published_at IS NOT NULL"),
+            {"tenant": tenant},
+        )
+    # The view holds this session's counts not yet reported, earlier transactions' too.
+    assert after - before == 0
