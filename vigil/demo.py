@@ -104,8 +104,11 @@ class Progress:
     stored: int = 0
     assessed: int = 0
     failed: int = 0
-    # Set once every transfer has been sent: the stored count is final after one more look.
-    all_sent: bool = False
+    # Set once every transfer has been sent: how many should be stored. The transfers
+    # sent through the inbound queue are stored when its consumer gets to them, maybe
+    # after the last GraphQL batch was answered, so the stored count is final only once
+    # it reaches this number.
+    expected: int | None = None
     stored_final: bool = False
     early: dict[str, float] = field(default_factory=dict)
     last: dict[str, tuple[float, float]] = field(default_factory=dict)
@@ -195,7 +198,7 @@ async def _replay(
             base, ingest, events[BY_QUEUE : BY_QUEUE + args.batch], args.batch, 1
         )
         expected = len(events) - sent.rejected
-        progress.all_sent = True
+        progress.expected = expected
         await _wait_for_assessments(progress, expected, monitor)
         wall = time.monotonic() - started
     finally:
@@ -361,11 +364,11 @@ async def _monitor(
     started = time.monotonic()
     while True:
         looked = time.monotonic()
-        all_sent = progress.all_sent
         async with engine.connect() as connection:
             if not progress.stored_final:
                 progress.stored = int(await connection.scalar(STORED, {"t": tenant_id}) or 0)
-                progress.stored_final = all_sent
+                expected = progress.expected
+                progress.stored_final = expected is not None and progress.stored >= expected
             row = (await connection.execute(PROGRESS, {"t": tenant_id})).one()
         progress.assessed, progress.failed = row.assessed, row.failed
         took = time.monotonic() - looked
