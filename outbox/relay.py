@@ -97,7 +97,7 @@ class Relay:
         # asyncpg directly; the engine serves the chores (purge, statistics).
         self._dsn = plain_url(engine.url.render_as_string(hide_password=False))
         self._connection: asyncpg.Connection | None = None
-        # Whether the last claim may have left rows behind that could leave at once.
+        # Whether the last batch may have left rows behind that could leave at once.
         self.more_due = False
 
     @classmethod
@@ -145,6 +145,9 @@ class Relay:
                     )
                     published = [row for result in results for row in result.published]
                     failures = [result.failure for result in results if result.failure]
+                    # A row parked here makes the row behind it a head once this batch
+                    # commits, and nothing else will wake a loop for it.
+                    self.more_due = self.more_due or any(failure.park for failure in failures)
                     await store.mark_published(connection, published)
                     await store.mark_failed(connection, failures)
             except BaseException:
@@ -305,12 +308,13 @@ async def _work(relay: Relay, wakeup: Wakeup, stop: asyncio.Event, poll_seconds:
             continue
 
         failures = 0
-        # A full batch, or a key's followers cut short, may have left rows that can
-        # leave at once. Otherwise what is left was committed after the claim began
-        # (which has set the signal already, so the wait returns at once) or is held
-        # by another loop (which claims again itself when its claim ends), so waiting
-        # for a commit costs nothing, where claiming again at once would usually find
-        # nothing, at the price of a claim's statements for every commit.
+        # A full batch, a key's followers cut short, or a row parked (the one behind it
+        # becomes a head) may have left rows that can leave at once. Otherwise what is
+        # left was committed after the claim began (which has set the signal already,
+        # so the wait returns at once) or is held by another loop (which claims again
+        # itself when its claim ends), so waiting for a commit costs nothing, where
+        # claiming again at once would usually find nothing, at the price of a claim's
+        # statements for every commit.
         if claimed == 0 or not relay.more_due:
             await signal.wait(poll_seconds)
 

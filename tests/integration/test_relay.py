@@ -684,3 +684,34 @@ async def test_the_backlog_figures_do_not_read_the_published_rows(
         )
     # The view holds this session's counts not yet reported, earlier transactions' too.
     assert after - before == 0
+
+
+async def test_a_row_behind_one_just_parked_leaves_without_waiting_for_the_poll(
+    settings: Settings,
+    tenant: uuid.UUID,
+    make_relay: MakeRelay,
+    owner_engine: AsyncEngine,
+    amqp: AbstractRobustConnection,
+    names: Names,
+) -> None:
+    # Parking a row makes the row behind it its key's head when the batch commits, and
+    # no commit of an outbox row wakes the relay for it: the loop that parked it must
+    # look again at once rather than wait for the poll, here far longer than the test.
+    relay = make_relay(max_attempts=1)
+    key = new_id()
+    async with owner_engine.begin() as connection:
+        parked, _ = await insert_row(
+            connection, tenant, ordering_key=key, message_type="test.nobody.listens"
+        )
+        behind, _ = await insert_row(connection, tenant, ordering_key=key)
+    stop = asyncio.Event()
+    wakeup = Wakeup(plain_url(settings.relay_database_url))
+    async with tap(amqp, names, tenant) as queue:
+        work = asyncio.create_task(_work(relay, wakeup, stop, 60))
+        try:
+            await until(lambda: queue.ids == [str(behind)], seconds=10)
+        finally:
+            stop.set()
+            wakeup.kick()
+            await asyncio.gather(work, return_exceptions=True)
+    assert (await outbox_rows(owner_engine, tenant))[str(parked)].parked_at is not None
