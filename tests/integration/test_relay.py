@@ -441,8 +441,9 @@ PENDING_INDEXES = {"outbox_pending", "outbox_pending_by_key"}
 async def explain(
     settings: Settings, relay_engine: AsyncEngine, statement: Any, arguments: Any
 ) -> str:
-    """The plan of a relay statement, with sequential scans priced out. The claim's
-    statements are asyncpg's ($1, ...), the retention's SQLAlchemy's (:name)."""
+    """The plan of a relay statement, with sequential scans priced out, under the
+    settings the relay gives it. The claim's statements are asyncpg's ($1, ...), the
+    retention's SQLAlchemy's (:name)."""
     if not isinstance(statement, str):
         async with relay_engine.connect() as engine_connection:
             await engine_connection.execute(text("SET LOCAL enable_seqscan = off"))
@@ -454,6 +455,8 @@ async def explain(
     try:
         async with connection.transaction():
             await connection.execute("SET LOCAL enable_seqscan = off")
+            if statement == store.HEADS_BY_KEY:
+                await connection.execute(f"SET LOCAL {store.BY_KEY_SETTING}")
             plan = await connection.fetch(f"EXPLAIN {statement}", *arguments)
     finally:
         await connection.close()
