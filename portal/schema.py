@@ -12,6 +12,7 @@ the batch are stored. The codes are the same whichever door the event came throu
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Mapping
 from typing import Annotated, Any
 
 import strawberry
@@ -20,6 +21,8 @@ from litestar.enums import ScopeType
 from sqlalchemy.ext.asyncio import AsyncEngine
 from strawberry.litestar import BaseContext
 from strawberry.scalars import JSON
+from strawberry.types.arguments import InputContext
+from strawberry.types.base import get_object_definition
 
 from adapters.auth import Role
 from adapters.metrics import EVENTS_INGESTED
@@ -122,6 +125,29 @@ class IngestEventsInput:
     client_mutation_id: str | None = strawberry.field(
         default=None, description="Echoed in the payload."
     )
+
+
+def _ingest_events_input(
+    cls: type[IngestEventsInput], value: Mapping[str, Any], context: InputContext
+) -> IngestEventsInput:
+    """The input built straight from the value GraphQL has checked: its leaves are
+    strings and a JSON scalar, which strawberry would hand over unchanged, but only after
+    resolving every field's type again for each event (a tenth of a batch's time)."""
+    return cls(
+        events=[
+            EventInput(
+                idempotency_key=event["idempotencyKey"],
+                type=event["type"],
+                occurred_at=event["occurredAt"],
+                data=event["data"],
+            )
+            for event in value["events"]
+        ],
+        client_mutation_id=value.get("clientMutationId"),
+    )
+
+
+get_object_definition(IngestEventsInput, strict=True).from_input = _ingest_events_input
 
 
 @strawberry.type(description="Stored now, or earlier when `duplicate` is true.")
