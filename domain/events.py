@@ -34,6 +34,8 @@ MAX_AMOUNT_DIGITS = 18
 MAX_EVENT_DEPTH = 8
 FUTURE_TOLERANCE = timedelta(hours=24)
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+# The smallest unit of each currency's amounts, by its digits after the point.
+_QUANTA = {digits: Decimal(1).scaleb(-digits) for digits in set(CURRENCY_MINOR_UNITS.values())}
 
 # Patterns are used with fullmatch only: "$" alone also matches before a final newline.
 _KEY = re.compile(r"[\x21-\x7e]{1,200}")
@@ -259,32 +261,41 @@ def _payload(
 
 
 def _check_depth(event: Mapping[str, Any]) -> None:
-    """Refuse an event nested deeper than MAX_EVENT_DEPTH, walking it with a stack of
-    its own: json.dumps and friends recurse, and fail on nesting a few hundred deep."""
-    pending: list[tuple[object, int]] = [(event, 1)]
-    while pending:
-        value, depth = pending.pop()
-        kind = type(value)
-        # Exact types first: the abstract Mapping check is slow, and events are made
-        # of plain dicts, lists and scalars.
-        if kind is str or kind is bool or kind is int or value is None:
-            continue
-        if kind is dict or isinstance(value, Mapping):
-            children: Any = value.values()  # type: ignore[attr-defined]
-        elif isinstance(value, list | tuple):
-            children = value
-        else:
-            continue
-        if depth > MAX_EVENT_DEPTH:
-            raise InvalidEvent(
-                "TOO_DEEP", "", f"an event is nested at most {MAX_EVENT_DEPTH} levels deep"
-            )
-        pending.extend((child, depth + 1) for child in children)
+    """Refuse an event nested deeper than MAX_EVENT_DEPTH, walking it one level at a
+    time: json.dumps and friends recurse, and fail on nesting a few hundred deep."""
+    level: list[object] = [event]
+    depth = 0
+    while level:
+        depth += 1
+        below: list[object] = []
+        for value in level:
+            kind = type(value)
+            # Exact types first: the abstract Mapping check is slow, and events are made
+            # of plain dicts, lists and scalars.
+            if kind is str or kind is bool or kind is int or value is None:
+                continue
+            if kind is dict or isinstance(value, Mapping):
+                children: Any = value.values()  # type: ignore[attr-defined]
+            elif isinstance(value, list | tuple):
+                children = value
+            else:
+                continue
+            if depth > MAX_EVENT_DEPTH:
+                raise InvalidEvent(
+                    "TOO_DEEP", "", f"an event is nested at most {MAX_EVENT_DEPTH} levels deep"
+                )
+            below += children
+        level = below
+
+
+# What json.dumps(event, default=str, ensure_ascii=False) makes, without making the
+# encoder anew for every event.
+_SIZE_ENCODER = json.JSONEncoder(default=str, ensure_ascii=False)
 
 
 def _check_size(event: Mapping[str, Any]) -> None:
     try:
-        size = len(json.dumps(event, default=str, ensure_ascii=False).encode("utf-8"))
+        size = len(_SIZE_ENCODER.encode(event).encode("utf-8"))
     except (TypeError, ValueError):
         raise InvalidEvent("INVALID_TYPE", "", "expected a JSON object") from None
     if size > MAX_EVENT_BYTES:
@@ -300,6 +311,8 @@ def _mapping(value: object, path: str) -> Mapping[str, Any]:
 
 
 def _only(value: Mapping[str, Any], path: str, allowed: set[str]) -> None:
+    if value.keys() <= allowed:
+        return
     unknown = sorted(str(name) for name in value if name not in allowed)
     if unknown:
         where = f"{path}.{unknown[0]}" if path else unknown[0]
@@ -370,16 +383,16 @@ def _amount(value: Mapping[str, Any], path: str, currency: str) -> Decimal:
     except InvalidOperation:  # pragma: no cover - the pattern already guards this
         raise InvalidEvent("INVALID_AMOUNT", path, "not a decimal number") from None
     exponent = CURRENCY_MINOR_UNITS[currency]
-    quantum = Decimal(1).scaleb(-exponent)
-    if amount != amount.quantize(quantum):
+    quantized = amount.quantize(_QUANTA[exponent])
+    if amount != quantized:
         raise InvalidEvent(
             "INVALID_AMOUNT", path, f"{currency} has {exponent} digits after the point"
         )
     if amount <= 0:
         raise InvalidEvent("INVALID_AMOUNT", path, "the amount must be greater than zero")
-    if len(amount.quantize(quantum).as_tuple().digits) > MAX_AMOUNT_DIGITS:
+    if len(quantized.as_tuple().digits) > MAX_AMOUNT_DIGITS:
         raise InvalidEvent("INVALID_AMOUNT", path, "the amount is too large")
-    return amount.quantize(quantum)
+    return quantized
 
 
 def _party(data: Mapping[str, Any], name: str) -> dict[str, str]:
