@@ -36,8 +36,8 @@ from domain.audit import AuditEntry
 from domain.canonical import plain_json
 from domain.errors import TransientFailure, UnknownTenant
 from domain.events import SubjectFacts, SubjectKind, SubjectRef
-from domain.ids import new_id
-from domain.messages import OutboxMessage, cloud_event
+from domain.ids import new_ids
+from domain.messages import OutboxMessage, cloud_events
 from domain.ports import KnownEvent, NewEvent
 
 log = logging.getLogger(__name__)
@@ -93,6 +93,8 @@ _SEAL_ALONE = positional(audit_trail.APPEND_SQL, _SEAL_PARAMETERS)
 
 
 _json = json_text
+# SubjectKind(value), without the enum's call machinery for each row.
+_KINDS = {kind.value: kind for kind in SubjectKind}
 
 
 def _details(details: Mapping[str, Any]) -> str:
@@ -176,7 +178,7 @@ class AsyncpgSubjectStore:
                     _UPSERT_SUBJECTS,
                     self._tenant_id,
                     now,
-                    [new_id() for _ in facts],
+                    new_ids(len(facts)),
                     [fact.subject.kind.value for fact in facts],
                     [fact.subject.ref for fact in facts],
                     [_json(fact.attributes) for fact in facts],
@@ -185,7 +187,9 @@ class AsyncpgSubjectStore:
         except asyncpg.ForeignKeyViolationError as error:
             raise UnknownTenant("no such tenant") from error
         return {
-            SubjectRef(SubjectKind(row["kind"]), row["external_ref"]): row["subject_id"]
+            SubjectRef(_KINDS.get(row["kind"]) or SubjectKind(row["kind"]), row["external_ref"]): (
+                row["subject_id"]
+            )
             for row in rows
         }
 
@@ -263,7 +267,7 @@ class IngestUnitOfWork:
             [message.message_id for message in messages],
             [message.ordering_key for message in messages],
             [message.message_type for message in messages],
-            [_json(cloud_event(self.tenant_id, message)) for message in messages],
+            [_json(envelope) for envelope in cloud_events(self.tenant_id, messages)],
         ]
         entries = self._entries
         seal: list[Any] = [

@@ -6,6 +6,7 @@ application the ``vigil portal`` process serves.
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import os
@@ -257,7 +258,7 @@ def run(host: str | None = None, port: int | None = None, workers: int | None = 
         )
         return
 
-    server = uvicorn.Server(config(create_app(settings)))
+    server = uvicorn.Server(config(settled(create_app(settings))))
     for stop in (signal.SIGTERM, signal.SIGINT):
         signal.signal(stop, _stopped)
     server.run()
@@ -273,7 +274,31 @@ def worker_app() -> Litestar:
     # The supervisor's pid comes from the supervisor itself: had it died before this
     # line, the parent now would be whichever process adopted this one.
     _stop_when_orphaned(int(os.environ.get(_SUPERVISOR, os.getppid())))
-    return create_app(settings)
+    return settled(create_app(settings))
+
+
+# Containers allocated (net) before the youngest generation is collected: Python's
+# default, 700, is reached several times within one ingest request of 100 events, and
+# each collection walks the request's live objects again.
+YOUNG_COLLECTION_THRESHOLD = 10_000
+
+
+def settled(app: Litestar) -> Litestar:
+    """``app``, with everything the process holds at this point (modules, the schema,
+    the application) set aside from the cyclic garbage collector, and the youngest
+    objects collected less often.
+
+    Those objects live as long as the process, but each full collection walked them all
+    again: in batches of 100 events, collections took about a sixth of a worker's time,
+    and with them set aside about a twentieth; collecting the youngest generation ten
+    times less often brings it to about a fiftieth. Garbage made so far is collected
+    first, so that none of it is kept.
+    """
+    gc.collect()
+    gc.freeze()
+    _, older, oldest = gc.get_threshold()
+    gc.set_threshold(YOUNG_COLLECTION_THRESHOLD, older, oldest)
+    return app
 
 
 def _stop_when_orphaned(supervisor: int) -> None:

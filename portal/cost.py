@@ -10,6 +10,7 @@ Twenty aliased pages of 100 cases (the alias limit times the largest page) still
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -82,13 +83,40 @@ def document_cost(
     costs = [0]
     for operation in chosen:
         root = schema.get_root_type(operation.operation)
-        # The variables as the operation will see them, with its defaults filled in.
-        values = get_variable_values(schema, operation.variable_definitions or (), dict(variables))
-        if root is not None and not isinstance(values, list):  # a list: its errors
-            walk = _Walk(schema, fragments, values.coerced)
+        if root is None:
+            continue
+        walk = _Walk(schema, fragments, _Variables(schema, operation, variables))
+        with contextlib.suppress(_Uncounted):
             costs.append(walk.cost(operation.selection_set, root, 1, frozenset()))
     # Without an operation name the document runs one operation: count the dearest.
     return max(costs)
+
+
+class _Uncounted(Exception):
+    """The operation's variables do not coerce: it will not run, so it costs nothing."""
+
+
+class _Variables:
+    """The variables as the operation will see them, with its defaults filled in,
+    coerced when a connection first needs them: only then can they change a count,
+    and an ingest batch's thousand events would otherwise be coerced twice."""
+
+    def __init__(
+        self, schema: GraphQLSchema, operation: OperationDefinitionNode, given: Mapping[str, Any]
+    ) -> None:
+        self._schema = schema
+        self._operation = operation
+        self._given = given
+        self._coerced: dict[str, Any] | None = None
+
+    def coerced(self) -> dict[str, Any]:
+        if self._coerced is None:
+            definitions = self._operation.variable_definitions or ()
+            values = get_variable_values(self._schema, definitions, dict(self._given))
+            if isinstance(values, list):  # a list: its errors
+                raise _Uncounted
+            self._coerced = values.coerced
+        return self._coerced
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,7 +125,7 @@ class _Walk:
 
     schema: GraphQLSchema
     fragments: Mapping[str, FragmentDefinitionNode]
-    variables: Mapping[str, Any]
+    variables: _Variables
 
     def cost(
         self,
@@ -141,7 +169,7 @@ class _Walk:
         returned = get_named_type(definition.type)
         if not returned.name.endswith(CONNECTION_SUFFIX):
             return self.cost(node.selection_set, returned, multiplier, seen)
-        inner = multiplier * _first(node, definition.args.get("first"), self.variables)
+        inner = multiplier * _first(node, definition.args.get("first"), self.variables.coerced())
         return inner + self.cost(node.selection_set, returned, inner, seen)
 
 

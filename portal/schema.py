@@ -12,6 +12,7 @@ the batch are stored. The codes are the same whichever door the event came throu
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Mapping
 from typing import Annotated, Any
 
 import strawberry
@@ -20,6 +21,8 @@ from litestar.enums import ScopeType
 from sqlalchemy.ext.asyncio import AsyncEngine
 from strawberry.litestar import BaseContext
 from strawberry.scalars import JSON
+from strawberry.types.arguments import InputContext
+from strawberry.types.base import get_object_definition
 
 from adapters.auth import Role
 from adapters.metrics import EVENTS_INGESTED
@@ -124,6 +127,29 @@ class IngestEventsInput:
     )
 
 
+def _ingest_events_input(
+    cls: type[IngestEventsInput], value: Mapping[str, Any], context: InputContext
+) -> IngestEventsInput:
+    """The input built straight from the value GraphQL has checked: its leaves are
+    strings and a JSON scalar, which strawberry would hand over unchanged, but only after
+    resolving every field's type again for each event (a tenth of a batch's time)."""
+    return cls(
+        events=[
+            EventInput(
+                idempotency_key=event["idempotencyKey"],
+                type=event["type"],
+                occurred_at=event["occurredAt"],
+                data=event["data"],
+            )
+            for event in value["events"]
+        ],
+        client_mutation_id=value.get("clientMutationId"),
+    )
+
+
+get_object_definition(IngestEventsInput, strict=True).from_input = _ingest_events_input
+
+
 @strawberry.type(description="Stored now, or earlier when `duplicate` is true.")
 class EventAccepted:
     index: int = strawberry.field(description="The event's position in the batch.")
@@ -142,13 +168,21 @@ class EventRejected:
 EventResult = Annotated[EventAccepted | EventRejected, strawberry.union("IngestResult")]
 
 
+def _results(root: IngestEventsPayload) -> list[EventResult]:
+    # Made when asked for: a client may want only the counts.
+    return [_answer(result) for result in root.outcomes]
+
+
 @strawberry.type
 class IngestEventsPayload:
     client_mutation_id: str | None
-    results: list[EventResult] = strawberry.field(description="One per event, in order.")
+    results: list[EventResult] = strawberry.field(
+        resolver=_results, description="One per event, in order."
+    )
     accepted_count: int = strawberry.field(description="Events stored by this request.")
     duplicate_count: int = strawberry.field(description="Events stored before.")
     rejected_count: int
+    outcomes: strawberry.Private[list[IngestResult]]
 
 
 def resolve_viewer(info: Info) -> Viewer:
@@ -180,7 +214,7 @@ async def resolve_ingest_events(info: Info, input: IngestEventsInput) -> IngestE
         EVENTS_INGESTED.labels(door=DOOR, outcome=outcome.value.lower()).inc(count)
     return IngestEventsPayload(
         client_mutation_id=input.client_mutation_id,
-        results=[_answer(result) for result in results],
+        outcomes=results,
         accepted_count=counts[Outcome.ACCEPTED],
         duplicate_count=counts[Outcome.DUPLICATE],
         rejected_count=counts[Outcome.REJECTED],

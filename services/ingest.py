@@ -13,7 +13,7 @@ from enum import StrEnum
 from domain.audit import AuditEntry
 from domain.errors import IdempotencyConflict, InvalidEvent, TransientFailure
 from domain.events import EventDraft, SubjectFacts, parse_event
-from domain.ids import new_id
+from domain.ids import new_ids
 from domain.messages import EVENT_RECEIVED, OutboxMessage
 from domain.ports import IngestUnitOfWork, IngestUnitOfWorkFactory, KnownEvent, NewEvent
 from services.retry import with_retries
@@ -172,7 +172,7 @@ async def _write(
 
     new_events = [
         NewEvent(
-            event_id=new_id(),
+            event_id=event_id,
             draft=draft,
             subject_id=subject_ids[draft.primary],
             counterparty_id=subject_ids[draft.counterparty] if draft.counterparty else None,
@@ -181,7 +181,9 @@ async def _write(
             actor=caller.actor,
             correlation_id=caller.correlation_id,
         )
-        for draft in sorted(drafts, key=lambda d: d.idempotency_key)
+        for event_id, draft in zip(
+            new_ids(len(drafts)), sorted(drafts, key=lambda d: d.idempotency_key), strict=True
+        )
     ]
     inserted = await uow.events.insert(new_events)
     if len(inserted) != len(new_events):
@@ -191,9 +193,14 @@ async def _write(
         # the look-up will then answer it as a duplicate or a conflict.
         raise TransientFailure("an idempotency key was stored concurrently")
 
-    for event in new_events:
-        uow.record(_audit_entry(caller, event))
-        uow.publish(_received_message(event))
+    count = len(new_events)
+    for event, record_id, message_id in zip(
+        new_events, new_ids(count), new_ids(count), strict=True
+    ):
+        # Each written twice below: made into text once.
+        event_id, subject_id = str(event.event_id), str(event.subject_id)
+        uow.record(_audit_entry(caller, event, record_id, event_id, subject_id))
+        uow.publish(_received_message(event, message_id, event_id, subject_id))
     return new_events
 
 
@@ -205,36 +212,43 @@ def _merged_facts(drafts: list[EventDraft]) -> list[SubjectFacts]:
         for fact in draft.facts:
             key = (fact.subject.kind.value, fact.subject.ref)
             before = merged.get(key)
-            attributes = {**before.attributes, **fact.attributes} if before else fact.attributes
-            merged[key] = SubjectFacts(fact.subject, attributes, fact.as_of)
+            merged[key] = (
+                SubjectFacts(fact.subject, {**before.attributes, **fact.attributes}, fact.as_of)
+                if before
+                else fact
+            )
     return [merged[key] for key in sorted(merged)]
 
 
-def _audit_entry(caller: Caller, event: NewEvent) -> AuditEntry:
+def _audit_entry(
+    caller: Caller, event: NewEvent, record_id: uuid.UUID, event_id: str, subject_id: str
+) -> AuditEntry:
     return AuditEntry(
-        record_id=new_id(),
+        record_id=record_id,
         actor=caller.actor,
         action="event.accepted",
         entity_type="event",
-        entity_id=str(event.event_id),
+        entity_id=event_id,
         correlation_id=caller.correlation_id,
         details={
             "door": caller.door,
             "eventType": event.draft.event_type.value,
             "idempotencyKey": event.draft.idempotency_key,
             "payloadHash": event.draft.payload_hash.hex(),
-            "subjectId": str(event.subject_id),
+            "subjectId": subject_id,
         },
     )
 
 
-def _received_message(event: NewEvent) -> OutboxMessage:
+def _received_message(
+    event: NewEvent, message_id: uuid.UUID, event_id: str, subject_id: str
+) -> OutboxMessage:
     draft = event.draft
     data: dict[str, object] = {
-        "eventId": str(event.event_id),
+        "eventId": event_id,
         "eventType": draft.event_type.value,
         "occurredAt": draft.payload["occurredAt"],
-        "subjectId": str(event.subject_id),
+        "subjectId": subject_id,
     }
     if event.counterparty_id is not None:
         data["counterpartyId"] = str(event.counterparty_id)
@@ -242,9 +256,9 @@ def _received_message(event: NewEvent) -> OutboxMessage:
         data["amount"] = str(draft.amount)
         data["currency"] = draft.currency
     return OutboxMessage(
-        message_id=new_id(),
+        message_id=message_id,
         message_type=EVENT_RECEIVED,
-        subject=f"event/{event.event_id}",
+        subject=f"event/{event_id}",
         ordering_key=event.subject_id,
         time=event.received_at,
         data=data,

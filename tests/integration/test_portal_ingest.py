@@ -156,6 +156,55 @@ async def test_a_batch_answers_each_event_on_its_own_and_stores_only_good_ones(
     assert await count_rows(owner_engine, "outbox", tenant) == 2
 
 
+async def test_events_written_in_the_document_are_taken_as_from_variables(
+    portal: Portal,
+    settings: Settings,
+    tenant: uuid.UUID,
+    owner_engine: AsyncEngine,
+    transaction_event: Any,
+) -> None:
+    """The input is built from whatever GraphQL checked: literals in the document,
+    variables inside them, and no clientMutationId at all."""
+    document = """
+    mutation($data: JSON!) {
+      ingestEvents(input: {events: [
+        {idempotencyKey: "inline-1", type: "transaction",
+         occurredAt: "2026-03-01T09:30:00+01:00",
+         data: {amount: "12.50", currency: "EUR", channel: "sepa",
+                originator: {account: "DE89370400440532013000", country: "DE"},
+                beneficiary: {account: "FR1420041010050500013M02606", country: "FR"}}},
+        {idempotencyKey: "inline-2", type: "transaction",
+         occurredAt: "2026-03-01T09:31:00+01:00", data: $data}
+      ]}) {
+        clientMutationId acceptedCount rejectedCount
+        results { ... on EventRejected { index code field } }
+      }
+    }
+    """
+    sent = transaction_event("from-variables", amount="12.50")
+    body = await portal.graphql(
+        document, {"data": {"amount": "1.50"}}, token=token(settings, tenant)
+    )
+
+    payload = body["data"]["ingestEvents"]
+    assert payload["clientMutationId"] is None
+    assert (payload["acceptedCount"], payload["rejectedCount"]) == (1, 1)
+    assert payload["results"][1] == {"index": 1, "code": "REQUIRED", "field": "data.currency"}
+    await portal.ingest([sent], token=token(settings, tenant))
+    async with owner_engine.connect() as connection:
+        stored = (
+            await connection.execute(
+                text("SELECT idempotency_key, payload FROM events WHERE tenant_id = :t"),
+                {"t": tenant},
+            )
+        ).all()
+    payloads = {row.idempotency_key: row.payload for row in stored}
+    assert payloads["inline-1"]["data"] == {
+        **payloads["from-variables"]["data"],
+        "reference": None,
+    }
+
+
 async def test_an_event_nested_too_deep_is_refused_on_its_own_in_its_batch(
     portal: Portal,
     settings: Settings,

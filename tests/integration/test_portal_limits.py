@@ -103,3 +103,21 @@ async def test_a_document_within_the_node_budget_is_answered(
     body = await portal.graphql(document, token=token(settings, tenant, Role.ANALYST))
 
     assert "errors" not in body, body
+
+
+async def test_a_document_whose_variables_do_not_coerce_is_refused_for_them_not_its_cost(
+    portal: Portal, settings: Settings, tenant: uuid.UUID
+) -> None:
+    """Such a document never runs, so its pages are not counted: the error names the
+    variable, whatever the pages would have cost."""
+    document = "query($bad: Int!) { viewer { subject } " + ABUSE["nested pages multiplied"][1:]
+    bearer = {"Authorization": f"Bearer {token(settings, tenant, Role.ANALYST)}"}
+
+    response = await portal.client.post(
+        "/graphql", json={"query": document, "variables": {"bad": "x"}}, headers=bearer
+    )
+
+    body = response.json()
+    assert body.get("data") is None
+    assert len(body["errors"]) == 1
+    assert "$bad" in body["errors"][0]["message"], body

@@ -4,12 +4,14 @@ it is checked in tests/integration/test_audit_sealing.py)."""
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from domain.canonical import digest, digest_without_floats, jsonb_text, plain_json
+from domain.canonical import digest, digest_without_floats, format_time, jsonb_text, plain_json
 
 
 def test_keys_go_by_length_in_bytes_then_bytewise() -> None:
@@ -66,3 +68,17 @@ def test_the_digest_without_the_float_walk_is_the_same_digest(value: dict[str, o
     # Stored events keep their hashes: a payload hashed either way must match, or a
     # retried event would be refused as a conflict with itself.
     assert digest_without_floats(value) == digest(value)
+
+
+@given(
+    st.datetimes(
+        min_value=datetime(2, 1, 1),
+        max_value=datetime(9998, 12, 31),
+        timezones=st.builds(
+            timezone, st.timedeltas(min_value=-timedelta(hours=23), max_value=timedelta(hours=23))
+        ),
+    )
+)
+def test_a_time_is_written_in_utc_with_microseconds_and_a_z(moment: datetime) -> None:
+    utc = moment.astimezone(UTC)
+    assert format_time(moment) == utc.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
