@@ -90,6 +90,12 @@ def sqlstate(error: BaseException) -> str | None:
 _NAMED = re.compile(r"(?<![:\w]):([A-Za-z_]\w*)")
 
 
+def parameter_names(sql: str) -> list[str]:
+    """The ``:name`` parameters of a statement, each once, in the order they first
+    appear."""
+    return list(dict.fromkeys(_NAMED.findall(sql)))
+
+
 def positional(sql: str, names: Sequence[str]) -> str:
     """A statement written with ``:name`` parameters (as SQLAlchemy's ``text`` takes
     them) in asyncpg's ``$n`` form, ``names`` giving the order; a name used twice keeps

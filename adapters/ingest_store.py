@@ -92,7 +92,6 @@ _OUTBOX_AND_SEAL = positional(
 _SEAL_ALONE = positional(audit_trail.APPEND_SQL, _SEAL_PARAMETERS)
 
 
-_json = json_text
 # SubjectKind(value), without the enum's call machinery for each row.
 _KINDS = {kind.value: kind for kind in SubjectKind}
 
@@ -103,7 +102,7 @@ def _details(details: Mapping[str, Any]) -> str:
     strings) goes through plain_json, which refuses what cannot be hashed the same way
     twice."""
     if all(type(value) is str for value in details.values()):
-        return _json(details)
+        return json_text(details)
     return plain_json(details)
 
 
@@ -157,7 +156,7 @@ class AsyncpgEventStore:
                 [event.counterparty_id for event in events],
                 [draft.amount for draft in drafts],
                 [draft.currency for draft in drafts],
-                [_json(draft.payload) for draft in drafts],
+                [json_text(draft.payload) for draft in drafts],
                 [draft.payload_hash for draft in drafts],
             )
         return {row["idempotency_key"] for row in rows}
@@ -181,7 +180,7 @@ class AsyncpgSubjectStore:
                     new_ids(len(facts)),
                     [fact.subject.kind.value for fact in facts],
                     [fact.subject.ref for fact in facts],
-                    [_json(fact.attributes) for fact in facts],
+                    [json_text(fact.attributes) for fact in facts],
                     [fact.as_of or now for fact in facts],
                 )
         except asyncpg.ForeignKeyViolationError as error:
@@ -267,7 +266,7 @@ class IngestUnitOfWork:
             [message.message_id for message in messages],
             [message.ordering_key for message in messages],
             [message.message_type for message in messages],
-            [_json(envelope) for envelope in cloud_events(self.tenant_id, messages)],
+            [json_text(envelope) for envelope in cloud_events(self.tenant_id, messages)],
         ]
         entries = self._entries
         seal: list[Any] = [

@@ -53,7 +53,6 @@ import json
 import logging
 import math
 import random
-import re
 import statistics
 import time
 import uuid
@@ -69,7 +68,7 @@ import asyncpg
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from adapters.cel_rules import CachedScorers
-from adapters.database import make_engine, plain_url
+from adapters.database import make_engine, parameter_names, plain_url, positional
 from adapters.features import FEATURES_SQL, feature_parameters
 from adapters.score_queue import connect, enqueue_score
 from adapters.scoring_store import explanation_document
@@ -460,19 +459,8 @@ def _note(phases: dict[str, list[float]], **seconds: float) -> None:
 # -- the raw baseline --------------------------------------------------------------------
 
 
-def _numbered(sql: str) -> tuple[str, list[str]]:
-    """A statement with ``:name`` parameters in asyncpg's ``$n`` form, and the names."""
-    names: list[str] = []
-
-    def number(found: re.Match[str]) -> str:
-        if found.group(1) not in names:
-            names.append(found.group(1))
-        return f"${names.index(found.group(1)) + 1}"
-
-    return re.sub(r"(?<![:\w]):([A-Za-z_]\w*)", number, sql), names
-
-
-_RAW_FEATURES, _RAW_NAMES = _numbered(FEATURES_SQL)
+_RAW_NAMES = parameter_names(FEATURES_SQL)
+_RAW_FEATURES = positional(FEATURES_SQL, _RAW_NAMES)
 
 
 @dataclass(frozen=True, slots=True)
