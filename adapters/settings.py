@@ -84,6 +84,9 @@ class Settings(BaseSettings):
     # up to this many events; the first waits this long for the rest.
     dispatch_batch_size: int = Field(100, ge=1, le=500)
     dispatch_batch_linger_seconds: float = Field(0.01, ge=0, le=1)
+    # While this many of a tenant's batches run, its next one gathers past the linger
+    # (until one ends, or it is full): batches grow with the load.
+    dispatch_tenant_batches: int = Field(2, ge=1, le=100)
     dispatch_metrics_port: int = Field(9103, ge=0, le=65535)
     worker_concurrency: int = Field(20, ge=1, le=500)
     # Jobs of one tenant running at once in a worker are scored together, up to this

@@ -145,7 +145,13 @@ class Dispatcher(QueueConsumer):
     Messages of one tenant that arrive together are dispatched together: the first
     waits ``linger_seconds`` for others, and up to ``batch_size`` of them share one
     transaction, one inbox statement and one batch job. Each message is still settled
-    on its own, by what became of its batch."""
+    on its own, by what became of its batch.
+
+    At most ``tenant_batches`` batches of a tenant that are not full run at once. While
+    that many run, the tenant's next batch goes on gathering past its linger and starts
+    when one of them ends (or once it is full): the busier the tenant, the larger its
+    batches, so the cost per message of a transaction and a job falls as the load rises,
+    while a quiet tenant's message still waits only the linger."""
 
     def __init__(
         self,
@@ -158,6 +164,7 @@ class Dispatcher(QueueConsumer):
         concurrency: int = 10,
         batch_size: int = 100,
         linger_seconds: float = 0.01,
+        tenant_batches: int = 2,
         backoff: Backoff | None = None,
         stop_grace_seconds: float = STOP_GRACE_SECONDS,
     ) -> None:
@@ -174,7 +181,12 @@ class Dispatcher(QueueConsumer):
         self._redis = redis
         self._batch_size = max(1, min(batch_size, MAX_BATCH))
         self._linger = linger_seconds
+        self._tenant_batches = max(1, tenant_batches)
         self._open: dict[uuid.UUID, list[_Pending]] = {}
+        # Per tenant: its batches running, and its open batch once it has lingered out
+        # while that many ran.
+        self._running_for: dict[uuid.UUID, int] = {}
+        self._held: dict[uuid.UUID, list[_Pending]] = {}
         self._running: set[asyncio.Task[None]] = set()
 
     async def gave_back(self, message: AbstractIncomingMessage) -> None:
@@ -218,19 +230,40 @@ class Dispatcher(QueueConsumer):
         batch = self._open.get(received.tenant_id)
         if batch is None:
             batch = self._open[received.tenant_id] = []
-            loop.call_later(self._linger, self._close, received.tenant_id, batch)
+            loop.call_later(self._linger, self._lingered, received.tenant_id, batch)
         batch.append((received, future))
         if len(batch) >= self._batch_size:
             self._close(received.tenant_id, batch)
         # Shielded: the batch's transaction commits or rolls back whole either way.
         return await asyncio.shield(future)
 
+    def _lingered(self, tenant_id: uuid.UUID, batch: list[_Pending]) -> None:
+        if self._open.get(tenant_id) is not batch:
+            return  # closed already, full
+        if self._running_for.get(tenant_id, 0) < self._tenant_batches:
+            self._close(tenant_id, batch)
+        else:
+            self._held[tenant_id] = batch
+
     def _close(self, tenant_id: uuid.UUID, batch: list[_Pending]) -> None:
         if self._open.get(tenant_id) is batch:
             del self._open[tenant_id]
+            if self._held.get(tenant_id) is batch:
+                del self._held[tenant_id]
+            self._running_for[tenant_id] = self._running_for.get(tenant_id, 0) + 1
             task = asyncio.ensure_future(self._run(tenant_id, batch))
             self._running.add(task)
             task.add_done_callback(self._running.discard)
+
+    def _ended(self, tenant_id: uuid.UUID) -> None:
+        running = self._running_for[tenant_id] - 1
+        if running:
+            self._running_for[tenant_id] = running
+        else:
+            del self._running_for[tenant_id]
+        held = self._held.get(tenant_id)
+        if held is not None:
+            self._close(tenant_id, held)
 
     async def _run(self, tenant_id: uuid.UUID, batch: list[_Pending]) -> None:
         try:
@@ -243,6 +276,8 @@ class Dispatcher(QueueConsumer):
             if not isinstance(error, Exception):
                 raise
             return
+        finally:
+            self._ended(tenant_id)
         for (_, future), fate in zip(batch, fates, strict=True):
             if not future.done():
                 future.set_result(fate)
@@ -339,6 +374,7 @@ async def _consume(
         concurrency=settings.database_pool_size,
         batch_size=settings.dispatch_batch_size,
         linger_seconds=settings.dispatch_batch_linger_seconds,
+        tenant_batches=settings.dispatch_tenant_batches,
     )
     try:
         await dispatcher.start()

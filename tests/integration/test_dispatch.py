@@ -359,6 +359,52 @@ async def test_messages_that_arrive_together_share_a_job_per_tenant(
         )
 
 
+async def test_while_a_tenants_batch_runs_its_next_messages_gather_into_one_batch(
+    scoring: Settings,
+    queue: ArqRedis,
+    publish: Any,
+    dispatching: Any,
+    tenant: uuid.UUID,
+    owner_engine: AsyncEngine,
+    uow_factory: UnitOfWorkFactory,
+    amqp: AbstractRobustConnection,
+    names: Names,
+    transaction_event: Any,
+) -> None:
+    await ingest(uow_factory, tenant, [transaction_event() for _ in range(21)])
+    first, *rest = await received_envelopes(owner_engine, tenant)
+    outcomes = Counter("vigil_dispatch_messages_total", "outcome")
+
+    async with dispatching(
+        queue, prefetch=100, batch_size=100, linger_seconds=0.01, tenant_batches=1
+    ):
+        # Another transaction holds the first message's inbox row: its batch waits.
+        async with uow_factory(tenant) as blocker:
+            assert await blocker.inbox.first_sights(CONSUMER, [first["id"]]) == {first["id"]}
+            await publish(first)
+            await eventually(lambda: _waiting(owner_engine, 1), what="the first batch waiting")
+            # Each message comes long after the linger of the one before.
+            for envelope in rest:
+                await publish(envelope)
+                await asyncio.sleep(0.03)
+            await eventually(lambda: _none_ready(amqp, names), what="all delivered")
+            assert await queue.queued_jobs(queue_name=scoring.score_queue) == []
+            await blocker.commit()
+        await eventually(
+            lambda: _equals(outcomes.since, {"duplicate": 1, "enqueued": 20}), what="settled"
+        )
+
+    jobs = await queue.queued_jobs(queue_name=scoring.score_queue)
+    assert [len(job.args[1]) for job in jobs] == [20]
+    assert sorted(await events_in_jobs(queue, scoring, tenant)) == sorted(
+        envelope["data"]["eventId"] for envelope in rest
+    )
+
+
+async def _none_ready(amqp: AbstractRobustConnection, names: Names) -> bool:
+    return await waiting_in(amqp, names.dispatch) == 0
+
+
 async def test_batches_holding_copies_in_opposite_orders_do_not_deadlock(
     tenant: uuid.UUID, uow_factory: UnitOfWorkFactory, owner_engine: AsyncEngine
 ) -> None:
