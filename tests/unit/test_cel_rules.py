@@ -15,7 +15,7 @@ from typing import Any, Self
 import cel
 import pytest
 
-from adapters.cel_rules import CachedScorers, CelCompiler
+from adapters.cel_rules import CachedScorers, CelCompiler, CelCondition
 from domain.audit import AuditEntry
 from domain.canonical import digest
 from domain.case_policy import DEFAULT_POLICY, CasePolicy
@@ -62,6 +62,10 @@ def bad_document() -> dict[str, Any]:
         "params.list.exists(event, event == 'IR')",
         "[event.hour].all(hour, hour == 3) && event.channel.startsWith('se')",
         "beneficiary.pep && 'originator.pep' != '' // originator, in a comment",
+        "'event.hour' != event.channel && event.hour >= 0",
+        "params.list.exists(c, c == event.beneficiary_country) || originator.pep",
+        "[{'event': 3}].all(m, m.event == 3) && event.hour >= 0",
+        "{'originator': 1}.originator == 1 && beneficiary.pep == beneficiary.pep",
     ],
 )
 def test_a_condition_sees_what_the_whole_context_shows(condition: str) -> None:
@@ -70,6 +74,30 @@ def test_a_condition_sees_what_the_whole_context_shows(condition: str) -> None:
     for sample in sample_contexts():
         scope = {**sample, "params": {"limit": 7, "list": ["IR"]}}
         assert CelCompiler().compile(condition).evaluate(scope) is program.execute(scope)
+
+
+@pytest.mark.parametrize(
+    ("condition", "flattened"),
+    [
+        ("originator . out_count_24h >= params.limit", True),
+        ("'event.hour' != event.channel && event.hour >= 0", True),
+        ("params.list.exists(c, c == event.beneficiary_country)", True),
+        ("has(originator.pep)", False),
+        ("originator['out_count_24h'] == 7", False),
+        ("size(event) == 9", False),
+        ("[{'event': 3}].all(m, m.event == 3)", False),
+        ("params.list.exists(event, event == 'IR')", False),
+    ],
+)
+def test_only_plain_selections_run_as_variables(condition: str, flattened: bool) -> None:
+    assert CelCompiler().compile(condition).flattened is flattened
+
+
+def test_every_default_rule_runs_as_variables() -> None:
+    compiled = CachedScorers().scorer_for(TENANT, stored())
+
+    conditions = compiled.compiled.conditions
+    assert all(isinstance(c, CelCondition) and c.flattened for c in conditions)
 
 
 @pytest.mark.parametrize(
