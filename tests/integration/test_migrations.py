@@ -83,3 +83,24 @@ async def test_the_queue_tables_are_vacuumed_after_a_fixed_number_of_dead_rows(
     for table in ("outbox", "audit_pending"):
         assert "autovacuum_vacuum_scale_factor=0" in options[table], options
         assert "autovacuum_vacuum_threshold=5000" in options[table], options
+
+
+async def test_explanations_and_contexts_are_compressed_with_lz4(
+    owner_engine: AsyncEngine,
+) -> None:
+    # This server is built with LZ4 (as PostgreSQL's packages and images are), so the
+    # migration's fallback for one without it must not have been taken.
+    async with owner_engine.connect() as connection:
+        rows = (
+            await connection.execute(
+                text(
+                    "SELECT attname, attcompression::text AS method FROM pg_attribute"
+                    " WHERE attrelid = 'assessments'::regclass"
+                    " AND attname IN ('explanation', 'context')"
+                )
+            )
+        ).all()
+    assert {row.attname: row.method for row in rows} == {
+        "explanation": "l",
+        "context": "l",
+    }
