@@ -79,6 +79,12 @@ LIMIT $2
 FOR UPDATE OF o SKIP LOCKED
 """
 
+# How many pending rows the window holds, asked only when HEADS_IN_WINDOW gave no row
+# (every due head in it locked by another claim, or nothing pending) and so no count.
+WINDOW_ROWS = f"""
+SELECT count(*) FROM (SELECT 1 FROM outbox p WHERE {_pending("p")} ORDER BY p.seq LIMIT $1) c
+"""
+
 HEADS_BY_KEY = f"""
 WITH RECURSIVE firsts AS (
     (SELECT p.tenant_id, p.ordering_key, p.seq FROM outbox p
@@ -244,9 +250,15 @@ async def _claim_heads(connection: asyncpg.Connection, batch_size: int) -> list[
     window = batch_size * _WINDOW_PER_ROW
     records = await connection.fetch(HEADS_IN_WINDOW, window, batch_size)
     heads = [PendingRow(*record[:-1]) for record in records]
-    # The second way only when the window may have missed heads: it was full, or it
-    # gave none, and so said nothing of its size.
-    if len(heads) < batch_size and (not records or records[0]["window_rows"] >= window):
+    if len(heads) >= batch_size:
+        return heads
+    # The second way only when the window may have missed heads: it was full. A window
+    # that gave no row said nothing of its size; most often another claim holds every
+    # head in it, and a search of every key then would find those locked heads again.
+    window_rows = (
+        records[0]["window_rows"] if records else await connection.fetchval(WINDOW_ROWS, window)
+    )
+    if window_rows >= window:
         await connection.execute(f"SET LOCAL {BY_KEY_SETTING}")
         records = await connection.fetch(
             HEADS_BY_KEY, [head.seq for head in heads], batch_size - len(heads)

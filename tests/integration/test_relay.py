@@ -278,6 +278,36 @@ async def test_heads_are_searched_by_key_only_when_the_window_may_have_missed_so
     assert (store.HEADS_BY_KEY in statements) is searched_by_key
 
 
+@pytest.mark.parametrize(("pending", "searched_by_key"), [(6, False), (12, True)])
+async def test_a_claim_finding_every_head_held_searches_by_key_only_past_a_full_window(
+    settings: Settings,
+    tenant: uuid.UUID,
+    owner_engine: AsyncEngine,
+    pending: int,
+    searched_by_key: bool,
+) -> None:
+    # Another claim holds every pending row. A batch of 2 looks at a window of 10: with 6
+    # pending it saw them all, and a descent per key would only meet the same locked
+    # rows again (with a backlog, thousands of them, at every claim of a second loop).
+    async with owner_engine.begin() as connection:
+        for _ in range(pending):
+            await insert_row(connection, tenant, ordering_key=new_id())
+    holder = await asyncpg.connect(plain_url(settings.relay_database_url))
+    connection = await asyncpg.connect(plain_url(settings.relay_database_url))
+    statements: list[str] = []
+    try:
+        async with holder.transaction():
+            assert len(await store.claim(holder, 20)) == pending
+            connection.add_query_logger(lambda record: statements.append(record.query))
+            async with connection.transaction():
+                claimed = await store.claim(connection, 2)
+    finally:
+        await connection.close()
+        await holder.close()
+    assert len(claimed) == 0
+    assert (store.HEADS_BY_KEY in statements) is searched_by_key
+
+
 async def test_a_message_the_broker_refuses_stays_pending(
     tenant: uuid.UUID,
     make_relay: MakeRelay,
@@ -468,10 +498,11 @@ async def explain(
     [
         (store.HEADS_IN_WINDOW, (1000, 200), PENDING_INDEXES),
         (store.HEADS_BY_KEY, ([], 200), {"outbox_pending_by_key"}),
+        (store.WINDOW_ROWS, (1000,), PENDING_INDEXES),
         (store.FOLLOWERS, ([new_id()], [new_id()], [0], 10), PENDING_INDEXES),
         (store.DELETE_PUBLISHED, {"age": 3600, "limit": 5000}, {"outbox_published"}),
     ],
-    ids=["heads-in-window", "heads-by-key", "followers", "retention"],
+    ids=["heads-in-window", "heads-by-key", "window-rows", "followers", "retention"],
 )
 async def test_the_relay_queries_can_use_the_partial_indexes(
     settings: Settings,
