@@ -2,10 +2,6 @@
 messages in hand, hold a message that failed for a passing reason before requeueing
 it, never leave a message unsettled, and stop by finishing what it holds.
 
-Acknowledgements go out in runs (:class:`AckRuns`): one ``basic.ack`` with ``multiple``
-for the longest run of consecutive deliveries that are all settled, rather than a frame
-for each message, which for the dispatcher was a write to the socket per message.
-
 A subclass says how to answer one message (:meth:`QueueConsumer.answer`). Whatever the
 answer raises is a defect: it is logged and the message is given back to the queue
 after the backoff, so the queue's delivery limit still ends the attempts. A message
@@ -18,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-import weakref
 from collections.abc import Awaitable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
@@ -38,145 +33,6 @@ log = logging.getLogger(__name__)
 STOP_GRACE_SECONDS = 30.0
 _CLOSE_SECONDS = 5.0
 _LOGGED_ID_LENGTH = 200
-# How long an acknowledgement may wait for the deliveries before it to be settled, so
-# that it can go out in their run, before it is sent on its own.
-ACK_FLUSH_SECONDS = 0.2
-
-_UNSETTLED, _ACKED, _DONE = 0, 1, 2
-
-
-class _Deliveries:
-    """One channel's deliveries not yet covered by an acknowledgement, by tag."""
-
-    __slots__ = ("__weakref__", "lock", "next_tag", "states", "timer")
-
-    def __init__(self) -> None:
-        # A channel numbers its deliveries 1, 2, 3, ...: the run starts at 1.
-        self.next_tag = 1
-        self.states: dict[int, tuple[int, AbstractIncomingMessage]] = {}
-        self.lock = asyncio.Lock()
-        self.timer: asyncio.TimerHandle | None = None
-
-
-class AckRuns:
-    """Acknowledges a channel's deliveries in runs.
-
-    Every delivery is registered when it arrives (:meth:`received`). An acknowledged
-    message is marked, and the run of consecutive tags from the lowest not yet covered,
-    all settled (acknowledged, or rejected or requeued on their own), is covered by one
-    ``basic.ack`` with ``multiple`` on its highest acknowledged tag. A delivery still in
-    hand ends the run: nothing is ever acknowledged before it is settled. A message whose
-    run is held up by an earlier one still in hand (a message waiting out a back-off,
-    say) is acknowledged on its own after ``flush_seconds``. Sends on a channel go one
-    at a time, in tag order, so a run never reaches the broker after a higher one.
-
-    Tags are counted per channel object: after a reconnection the new channel's tags
-    start again at 1, and what was in hand on the old one goes back to the queue."""
-
-    def __init__(self, flush_seconds: float = ACK_FLUSH_SECONDS) -> None:
-        self._flush_seconds = flush_seconds
-        self._channels: weakref.WeakKeyDictionary[object, _Deliveries] = weakref.WeakKeyDictionary()
-        self._flushing: set[asyncio.Task[None]] = set()
-
-    def received(self, message: AbstractIncomingMessage) -> None:
-        tag = message.delivery_tag
-        if tag is not None:
-            self._deliveries(message).states[tag] = (_UNSETTLED, message)
-
-    def settled(self, message: AbstractIncomingMessage) -> bool:
-        if message.processed:
-            return True
-        try:
-            deliveries = self._channels.get(_channel_of(message))
-        except Exception:
-            return False  # the channel is gone, and with it what was not settled
-        tag = message.delivery_tag
-        if deliveries is None or tag is None:
-            return False
-        if tag < deliveries.next_tag:
-            return True
-        state = deliveries.states.get(tag)
-        return state is not None and state[0] != _UNSETTLED
-
-    async def ack(self, message: AbstractIncomingMessage) -> None:
-        tag = message.delivery_tag
-        deliveries = self._channels.get(_channel_of(message))
-        if tag is None or deliveries is None or tag not in deliveries.states:
-            await message.ack()  # a delivery never registered goes on its own
-            return
-        deliveries.states[tag] = (_ACKED, message)
-        await self._advance(deliveries)
-        if tag >= deliveries.next_tag and deliveries.timer is None:
-            loop = asyncio.get_running_loop()
-            deliveries.timer = loop.call_later(self._flush_seconds, self._flush_later, deliveries)
-
-    async def reject(self, message: AbstractIncomingMessage, *, requeue: bool) -> None:
-        await self._alone(message, message.reject(requeue=requeue))
-
-    async def nack(self, message: AbstractIncomingMessage, *, requeue: bool) -> None:
-        await self._alone(message, message.nack(requeue=requeue))
-
-    async def flush(self) -> None:
-        """Send every acknowledgement that is waiting for its run."""
-        for deliveries in list(self._channels.values()):
-            await self._flush(deliveries)
-
-    async def _alone(self, message: AbstractIncomingMessage, settle: Awaitable[None]) -> None:
-        deliveries = self._channels.get(_channel_of(message))
-        tag = message.delivery_tag
-        if deliveries is None or tag is None or tag not in deliveries.states:
-            await settle
-            return
-        async with deliveries.lock:
-            await settle
-            deliveries.states[tag] = (_DONE, message)
-        await self._advance(deliveries)
-
-    async def _advance(self, deliveries: _Deliveries) -> None:
-        async with deliveries.lock:
-            last: AbstractIncomingMessage | None = None
-            states = deliveries.states
-            while True:
-                state = states.get(deliveries.next_tag)
-                if state is None or state[0] == _UNSETTLED:
-                    break
-                del states[deliveries.next_tag]
-                deliveries.next_tag += 1
-                if state[0] == _ACKED:
-                    last = state[1]
-            if last is not None:
-                await last.ack(multiple=True)
-
-    def _flush_later(self, deliveries: _Deliveries) -> None:
-        deliveries.timer = None
-        task = asyncio.ensure_future(self._flush(deliveries))
-        self._flushing.add(task)
-        task.add_done_callback(self._flushing.discard)
-
-    async def _flush(self, deliveries: _Deliveries) -> None:
-        try:
-            async with deliveries.lock:
-                for tag, (state, message) in list(deliveries.states.items()):
-                    if state == _ACKED:
-                        await message.ack()
-                        deliveries.states[tag] = (_DONE, message)
-            await self._advance(deliveries)
-        except Exception as error:
-            # The channel is gone: the broker takes back what it had not been told of.
-            log.warning("could not send acknowledgements", extra={"error": repr(error)})
-
-    def _deliveries(self, message: AbstractIncomingMessage) -> _Deliveries:
-        channel = _channel_of(message)
-        deliveries = self._channels.get(channel)
-        if deliveries is None:
-            deliveries = self._channels[channel] = _Deliveries()
-        return deliveries
-
-
-def _channel_of(message: AbstractIncomingMessage) -> object:
-    """The channel the message came on; raises once that channel is closed, as settling
-    the message would."""
-    return message.channel
 
 
 @dataclass(frozen=True, slots=True)
@@ -221,7 +77,6 @@ class QueueConsumer:
         self._channel: AbstractChannel | None = None
         self._queue: AbstractQueue | None = None
         self._consumer_tag: str | None = None
-        self._acks = AckRuns()
 
     async def start(self) -> None:
         channel = await self._connection.channel(publisher_confirms=False)
@@ -239,14 +94,12 @@ class QueueConsumer:
         if self._queue is not None and self._consumer_tag is not None:
             await quietly("cancelling the consumer", self._queue.cancel(self._consumer_tag))
         await self._drain()
-        await quietly("sending acknowledgements", self._acks.flush())
         await self.closing()
         if self._channel is not None:
             await quietly("closing the channel", self._channel.close())
 
     async def handle(self, message: AbstractIncomingMessage) -> None:
         """Answer one delivery. Never raises: one bad message must not stop the others."""
-        self._acks.received(message)
         with self._tracked():
             try:
                 await self.answer(message)
@@ -274,23 +127,16 @@ class QueueConsumer:
 
     # -- shared steps ----------------------------------------------------------------------
 
-    async def ack(self, message: AbstractIncomingMessage) -> None:
-        await self._acks.ack(message)
-
-    async def reject(self, message: AbstractIncomingMessage) -> None:
-        """Reject without requeueing: the queue dead-letters the message."""
-        await self._acks.reject(message, requeue=False)
-
     async def requeue_later(self, message: AbstractIncomingMessage) -> None:
         # Holding the message (rather than requeueing it at once) spaces out the attempts
         # that the queue's delivery limit counts. Stopping cuts the wait short.
         delay = self._backoff.delay(delivery(message))
         with suppress(TimeoutError):
             await asyncio.wait_for(self._stopping.wait(), timeout=delay)
-        await self._acks.nack(message, requeue=True)
+        await message.nack(requeue=True)
 
     async def _give_back(self, message: AbstractIncomingMessage) -> None:
-        if self._acks.settled(message):
+        if message.processed:
             return
         try:
             await self.requeue_later(message)

@@ -196,7 +196,7 @@ class Dispatcher(QueueConsumer):
         try:
             received = read_received(message.body)
         except Unreadable as error:
-            await self.reject(message)
+            await message.reject(requeue=False)
             _settled(Fate.REJECTED, message_id=message.message_id, reason=str(error))
             return
 
@@ -218,7 +218,7 @@ class Dispatcher(QueueConsumer):
                 await self.requeue_later(message)
                 _settled(Fate.RETRIED, message_id=received.message_id, reason="INTERNAL")
                 return
-            await self.ack(message)
+            await message.ack()
             _settled(fate, message_id=received.message_id)
 
     async def _dispatch(self, received: Received) -> Fate:

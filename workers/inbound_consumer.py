@@ -159,7 +159,7 @@ class InboundConsumer(QueueConsumer):
         if verdict.fate is Fate.RETRIED:
             await self.requeue_later(message)
         else:
-            await self.ack(message)
+            await message.ack()
         _count(verdict)
         _log_verdict(message, verdict, envelope)
 
