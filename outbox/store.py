@@ -57,18 +57,17 @@ _COLUMNS = """
 # with a backlog of 10,000 rows, against 2 ms.
 # Each row also says how many pending rows the window held (``window_rows``, last): a
 # window not full held every pending row, so no head lies beyond it.
+# The window: the oldest pending rows, $1 of them at most.
+_WINDOW = f"SELECT p.seq FROM outbox p WHERE {_pending('p')} ORDER BY p.seq LIMIT $1"
+
 HEADS_IN_WINDOW = f"""
 SELECT {_COLUMNS},
-       (SELECT count(*) FROM (
-           SELECT 1 FROM outbox p WHERE {_pending("p")} ORDER BY p.seq LIMIT $1
-       ) c) AS window_rows
+       (SELECT count(*) FROM ({_WINDOW}) c) AS window_rows
 FROM outbox o
 WHERE {_pending("o")}
   AND o.next_attempt_at <= now()
   AND o.seq <= (
-      SELECT max(w.seq) FROM (
-          SELECT p.seq FROM outbox p WHERE {_pending("p")} ORDER BY p.seq LIMIT $1
-      ) w)
+      SELECT max(w.seq) FROM ({_WINDOW}) w)
   AND o.seq = (
       SELECT e.seq FROM outbox e
       WHERE e.tenant_id = o.tenant_id AND e.ordering_key = o.ordering_key AND {_pending("e")}
@@ -82,7 +81,7 @@ FOR UPDATE OF o SKIP LOCKED
 # How many pending rows the window holds, asked only when HEADS_IN_WINDOW gave no row
 # (every due head in it locked by another claim, or nothing pending) and so no count.
 WINDOW_ROWS = f"""
-SELECT count(*) FROM (SELECT 1 FROM outbox p WHERE {_pending("p")} ORDER BY p.seq LIMIT $1) c
+SELECT count(*) FROM ({_WINDOW}) c
 """
 
 HEADS_BY_KEY = f"""
