@@ -28,7 +28,7 @@ import threading
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import cel
@@ -42,7 +42,7 @@ from domain.rules import (
     compile_ruleset,
     parse_ruleset,
 )
-from domain.scoring import StoredRuleset, sample_contexts
+from domain.scoring import FeatureNeeds, StoredRuleset, sample_contexts
 
 _SYNTAX_ERROR = re.compile(r"<input>:(\d+):(\d+): ([^\n]*)")
 # Money is compared in integer minor units; a binary float in a condition would make a
@@ -115,6 +115,11 @@ class CelCondition:
         self._program = program
         self._reads = reads
         self._flat = flat
+
+    @property
+    def reads(self) -> Mapping[str, frozenset[str] | None]:
+        """Per root the condition names, the fields it selects (None: any field)."""
+        return self._reads
 
     @property
     def flattened(self) -> bool:
@@ -251,6 +256,10 @@ class RulesScorecard:
     version: int
     compiled: CompiledRuleset
     name: str = "rules"
+    needs: FeatureNeeds = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.needs = FeatureNeeds.of(self.compiled.reads)
 
     def assess(self, context: Mapping[str, Any]) -> Evaluation:
         return self.compiled.evaluate(context)

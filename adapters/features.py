@@ -33,19 +33,28 @@ Semantics, chosen so that replaying history gives the same figures:
 
 from __future__ import annotations
 
+import functools
 import uuid
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import RowMapping, text
+from sqlalchemy import RowMapping, TextClause, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from adapters.database import translate_errors
 from domain.reference import CURRENCY_MINOR_UNITS
 from domain.rules import WINDOWS, Ruleset
-from domain.scoring import Features, StoredEvent, to_minor
+from domain.scoring import (
+    ALL_FEATURES,
+    HISTORY_FIELDS,
+    HISTORY_ORDER,
+    FeatureNeeds,
+    Features,
+    StoredEvent,
+    to_minor,
+)
 
 _UNITS = {"h": timedelta(hours=1), "d": timedelta(days=1)}
 
@@ -64,35 +73,45 @@ def _since(window: str) -> str:
     return f"p.at - make_interval(secs => {int(window_length(window).total_seconds())})"
 
 
-def _direction_columns(direction: str) -> str:
-    """The FILTER aggregates of one direction's scan, a set per window."""
+def _direction_columns(direction: str, names: frozenset[str]) -> list[str]:
+    """The FILTER aggregates of one direction's scan that compute the features named."""
     other = "counterparty_id" if direction == "out" else "subject_id"
     columns = []
     for window in WINDOWS:
         inside = f"e.occurred_at > {_since(window)}"
         same_currency = f"{inside} AND e.currency = p.currency"
-        columns += [
-            f"count(*) FILTER (WHERE {inside}) AS {direction}_count_{window}",
-            f"sum(e.amount) FILTER (WHERE {same_currency}) AS {direction}_sum_{window}",
-            f"count(DISTINCT e.{other}) FILTER (WHERE {inside}) AS {direction}_distinct_{window}",
-        ]
-        if direction == "out":
-            columns += [
+        if f"{direction}_count_{window}" in names:
+            columns.append(f"count(*) FILTER (WHERE {inside}) AS {direction}_count_{window}")
+        if f"{direction}_sum_minor_{window}" in names:
+            columns.append(
+                f"sum(e.amount) FILTER (WHERE {same_currency}) AS {direction}_sum_{window}"
+            )
+        if f"{direction}_distinct_{window}" in names:
+            columns.append(
+                f"count(DISTINCT e.{other}) FILTER (WHERE {inside})"
+                f" AS {direction}_distinct_{window}"
+            )
+        if direction == "out" and f"pair_count_{window}" in names:
+            columns.append(
                 f"count(*) FILTER (WHERE {inside} AND e.counterparty_id = p.beneficiary)"
-                f" AS pair_count_{window}",
+                f" AS pair_count_{window}"
+            )
+        if direction == "out" and f"near_threshold_count_{window}" in names:
+            columns.append(
                 f"count(*) FILTER (WHERE {same_currency}"
                 f" AND e.amount >= p.near_low AND e.amount < p.near_high)"
-                f" AS near_threshold_count_{window}",
-            ]
-    return ",\n            ".join(columns)
+                f" AS near_threshold_count_{window}"
+            )
+    return columns
 
 
-def _scan(direction: str) -> str:
+def _scan(direction: str, columns: Sequence[str]) -> str:
     own = "subject_id" if direction == "out" else "counterparty_id"
+    selected = ",\n            ".join(columns)
     return f"""
     CROSS JOIN LATERAL (
         SELECT
-            {_direction_columns(direction)}
+            {selected}
         FROM events e
         WHERE e.tenant_id = :tenant AND e.{own} = p.subject_id
           AND e.counterparty_id IS NOT NULL
@@ -112,23 +131,40 @@ def _last_before(direction: str) -> str:
     ) AS {direction}_last"""
 
 
-# One row per party of each event: ``item`` is the event's place in the list, ``role``
-# which of its two accounts the row describes.
-FEATURES_SQL = f"""
-SELECT p.item, p.role, out_window.*, in_window.*,
-       greatest(out_last.at, in_last.at) AS last_before
+def features_sql(names: frozenset[str]) -> str:
+    """One row per party of each event, with the aggregates of the features named and no
+    others: ``item`` is the event's place in the list, ``role`` which of its two
+    accounts the row describes. A direction none of them needs is not scanned, and the
+    dormancy probes run only for ``days_dormant``."""
+    selected = ["p.item", "p.role"]
+    joins = []
+    for direction in ("out", "in"):
+        columns = _direction_columns(direction, names)
+        if columns:
+            selected.append(f"{direction}_window.*")
+            joins.append(_scan(direction, columns))
+    if "days_dormant" in names:
+        selected.append("greatest(out_last.at, in_last.at) AS last_before")
+        joins += [_last_before("out"), _last_before("in")]
+    return f"""
+SELECT {", ".join(selected)}
 FROM unnest(
     CAST(:items AS integer[]), CAST(:roles AS text[]), CAST(:subjects AS uuid[]),
     CAST(:ats AS timestamptz[]), CAST(:currencies AS text[]), CAST(:beneficiaries AS uuid[]),
     CAST(:near_lows AS numeric[]), CAST(:near_highs AS numeric[])
 ) AS p (item, role, subject_id, at, currency, beneficiary, near_low, near_high)
-{_scan("out")}
-{_scan("in")}
-{_last_before("out")}
-{_last_before("in")}
+{"".join(joins)}
 """
 
-_FEATURES = text(FEATURES_SQL)
+
+# Every feature at once: what a ruleset that reads a party as a whole needs.
+FEATURES_SQL = features_sql(HISTORY_FIELDS)
+
+
+@functools.lru_cache(maxsize=64)
+def _statement(names: frozenset[str]) -> TextClause:
+    return text(features_sql(names))
+
 
 _ROLES = ("originator", "beneficiary")
 
@@ -176,14 +212,22 @@ async def history_features(
     tenant_id: uuid.UUID,
     events: Sequence[StoredEvent],
     ruleset: Ruleset,
+    needs: FeatureNeeds = ALL_FEATURES,
 ) -> list[tuple[Features, Features]]:
     """For each event, in order, the originator's and the beneficiary's features as of
-    the event's time; for an event without a counterparty, the subject's and empty ones.
-    One statement for all of them."""
+    the event's time (those ``needs`` names for each); for an event without a
+    counterparty, the subject's and empty ones. At most one statement for all of them."""
     if not events:
         return []
+    originator_names = _in_order(needs.originator)
+    beneficiary_names = _in_order(needs.beneficiary)
+    names = needs.union()
+    if not names:
+        return [(Features({}), Features({})) for _ in events]
     with translate_errors():
-        result = await connection.execute(_FEATURES, feature_parameters(tenant_id, events, ruleset))
+        result = await connection.execute(
+            _statement(names), feature_parameters(tenant_id, events, ruleset)
+        )
         rows: dict[tuple[int, str], RowMapping] = {
             (row.item, row.role): row._mapping for row in result
         }
@@ -192,35 +236,52 @@ async def history_features(
         originator_row = rows[(item, "originator")]
         # Transfers from this originator to this beneficiary: one figure for both
         # parties, read from the originator's outgoing scan.
-        pairs = {f"pair_count_{w}": int(originator_row[f"pair_count_{w}"]) for w in WINDOWS}
-        originator = _features(originator_row, event.currency, event.occurred_at, pairs)
+        pairs = {name: int(originator_row[name]) for name in names if name in _PAIRS}
+        originator = _features(
+            originator_row, originator_names, event.currency, event.occurred_at, pairs
+        )
         if event.counterparty_id is None:
-            found.append((originator, Features.empty()))
+            found.append((originator, Features.empty(beneficiary_names)))
             continue
         beneficiary_row = rows[(item, "beneficiary")]
         found.append(
-            (originator, _features(beneficiary_row, event.currency, event.occurred_at, pairs))
+            (
+                originator,
+                _features(
+                    beneficiary_row, beneficiary_names, event.currency, event.occurred_at, pairs
+                ),
+            )
         )
     return found
 
 
+_PAIRS = frozenset(f"pair_count_{window}" for window in WINDOWS)
+
+
+@functools.lru_cache(maxsize=64)
+def _in_order(names: frozenset[str]) -> tuple[str, ...]:
+    return tuple(name for name in HISTORY_ORDER if name in names)
+
+
 def _features(
-    row: RowMapping, currency: str | None, at: datetime, pairs: Mapping[str, int]
+    row: RowMapping,
+    names: Sequence[str],
+    currency: str | None,
+    at: datetime,
+    pairs: Mapping[str, int],
 ) -> Features:
-    values = dict(Features.empty().values) | dict(pairs)
-    for window in WINDOWS:
-        for direction in ("out", "in"):
-            values[f"{direction}_count_{window}"] = int(row[f"{direction}_count_{window}"])
-            values[f"{direction}_distinct_{window}"] = int(row[f"{direction}_distinct_{window}"])
-            values[f"{direction}_sum_minor_{window}"] = _minor(
-                row[f"{direction}_sum_{window}"], currency
-            )
-        near = f"near_threshold_count_{window}"
-        values[near] = int(row[near])
-    last_before: datetime | None = row["last_before"]
-    if last_before is not None:
-        # Whole days, rounded down: 2 days and 23 hours is 2.
-        values["days_dormant"] = (at - last_before).days
+    values: dict[str, int] = {}
+    for name in names:
+        if name == "days_dormant":
+            last_before: datetime | None = row["last_before"]
+            # Whole days, rounded down: 2 days and 23 hours is 2.
+            values[name] = -1 if last_before is None else (at - last_before).days
+        elif name in pairs:
+            values[name] = pairs[name]
+        elif "_sum_minor_" in name:
+            values[name] = _minor(row[name.replace("_sum_minor_", "_sum_")], currency)
+        else:
+            values[name] = int(row[name])
     return Features(values)
 
 

@@ -40,7 +40,15 @@ from domain.cases import Case, CaseStatus
 from domain.errors import TransientFailure
 from domain.reference import CURRENCY_MINOR_UNITS
 from domain.rules import Evaluation, RuleOutcome, Ruleset
-from domain.scoring import AlertRecord, AssessmentRecord, Features, StoredEvent, StoredRuleset
+from domain.scoring import (
+    ALL_FEATURES,
+    AlertRecord,
+    AssessmentRecord,
+    FeatureNeeds,
+    Features,
+    StoredEvent,
+    StoredRuleset,
+)
 
 _events = tables.events
 _rulesets = tables.rulesets
@@ -262,9 +270,12 @@ class SqlScoringStore:
         return (await self.load_events([event_id])).get(event_id)
 
     async def features_of(
-        self, events: Sequence[StoredEvent], ruleset: Ruleset
+        self,
+        events: Sequence[StoredEvent],
+        ruleset: Ruleset,
+        needs: FeatureNeeds = ALL_FEATURES,
     ) -> list[tuple[Features, Features]]:
-        return await history_features(self._connection, self._tenant_id, events, ruleset)
+        return await history_features(self._connection, self._tenant_id, events, ruleset, needs)
 
     async def features(self, event: StoredEvent, ruleset: Ruleset) -> tuple[Features, Features]:
         (found,) = await self.features_of([event], ruleset)

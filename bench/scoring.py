@@ -32,8 +32,9 @@ a worker's job runs:
   the active ruleset, the already-assessed check) and building the context.
 
 The raw baseline does the least that scoring must, with asyncpg and none of Vigil's
-code: in one transaction, the tenant setting, the same features statement
-(:data:`adapters.features.FEATURES_SQL`) with the same parameters, one INSERT of an
+code: in one transaction, the tenant setting, the same features statement (the one
+:func:`adapters.features.features_sql` makes for the default ruleset's features) with
+the same parameters, one INSERT of an
 assessment row of the same size, and the commit; one at a time and as many at once. Its
 *lookups* are BEGIN and the tenant setting, its *write* the INSERT and the commit; it
 has no rules.
@@ -69,7 +70,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from adapters.cel_rules import CachedScorers
 from adapters.database import make_engine, parameter_names, plain_url, positional
-from adapters.features import FEATURES_SQL, feature_parameters
+from adapters.features import feature_parameters, features_sql
 from adapters.score_queue import connect, enqueue_score
 from adapters.scoring_store import explanation_document
 from adapters.settings import Settings
@@ -79,7 +80,14 @@ from domain.default_ruleset import DEFAULT_RULESET
 from domain.errors import TransientFailure
 from domain.ids import new_id
 from domain.rules import Evaluation, Ruleset
-from domain.scoring import Features, StoredEvent, StoredRuleset, sample_contexts
+from domain.scoring import (
+    ALL_FEATURES,
+    FeatureNeeds,
+    Features,
+    StoredEvent,
+    StoredRuleset,
+    sample_contexts,
+)
 from services.scoring import ScoreOutcome, ScoreResult, install_ruleset, score_event
 from workers.scoring import create_worker
 
@@ -305,10 +313,13 @@ class TimedStore:
         return getattr(self._store, name)
 
     async def features_of(
-        self, events: Sequence[StoredEvent], ruleset: Ruleset
+        self,
+        events: Sequence[StoredEvent],
+        ruleset: Ruleset,
+        needs: FeatureNeeds = ALL_FEATURES,
     ) -> list[tuple[Features, Features]]:
         started = time.perf_counter()
-        result = await self._store.features_of(events, ruleset)
+        result = await self._store.features_of(events, ruleset, needs)
         self._marks.features = (started, time.perf_counter())
         return result  # type: ignore[no-any-return]
 
@@ -459,8 +470,18 @@ def _note(phases: dict[str, list[float]], **seconds: float) -> None:
 # -- the raw baseline --------------------------------------------------------------------
 
 
-_RAW_NAMES = parameter_names(FEATURES_SQL)
-_RAW_FEATURES = positional(FEATURES_SQL, _RAW_NAMES)
+def _default_features_sql() -> str:
+    """The features statement the default ruleset's scoring runs: its rules' features
+    and no others."""
+    compiled = CachedScorers().scorer_for(
+        uuid.UUID(int=0), StoredRuleset(1, DEFAULT_RULESET, b"default")
+    )
+    return features_sql(compiled.needs.union())
+
+
+_RAW_SQL = _default_features_sql()
+_RAW_NAMES = parameter_names(_RAW_SQL)
+_RAW_FEATURES = positional(_RAW_SQL, _RAW_NAMES)
 
 
 @dataclass(frozen=True, slots=True)

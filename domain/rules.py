@@ -98,6 +98,12 @@ class RuleFailed(Exception):
 
 
 class CompiledCondition(Protocol):
+    @property
+    def reads(self) -> Mapping[str, frozenset[str] | None]:
+        """For each context root the condition may read, the fields it selects, or None
+        when it may read any field of that root."""
+        ...
+
     def evaluate(self, context: Mapping[str, Any]) -> bool:
         """True or False, or raise :class:`RuleFailed`."""
         ...
@@ -337,6 +343,9 @@ class CompiledRuleset:
     conditions: tuple[CompiledCondition, ...]
     # Per rule, the context fields its explanation shows: worked out once, not per event.
     observed: tuple[tuple[str, ...], ...] = ()
+    # For each context root, every field a rule may read from it (its condition, what its
+    # explanation shows, its reason's placeholders), or None when a rule may read any.
+    reads: Mapping[str, frozenset[str] | None] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.observed:
@@ -345,6 +354,33 @@ class CompiledRuleset:
                 for rule in self.ruleset.rules
             )
             object.__setattr__(self, "observed", paths)
+        if not self.reads:
+            object.__setattr__(self, "reads", self._reads())
+
+    def _reads(self) -> dict[str, frozenset[str] | None]:
+        found: dict[str, set[str] | None] = {}
+
+        def add(root: str, names: frozenset[str] | set[str] | None) -> None:
+            if root == "params":
+                return
+            known = found.get(root, set())
+            if names is None or known is None:
+                found[root] = None
+            else:
+                found[root] = known | set(names)
+
+        for rule, condition, paths in zip(
+            self.ruleset.rules, self.conditions, self.observed, strict=True
+        ):
+            for root, names in condition.reads.items():
+                add(root, names)
+            for path in paths:
+                root, _, name = path.partition(".")
+                add(root, {name})
+            for placeholder in _PLACEHOLDER.findall(rule.reason):
+                root, _, name = placeholder.partition(".")
+                add(root, {name})
+        return {root: None if names is None else frozenset(names) for root, names in found.items()}
 
     def evaluate(self, context: Mapping[str, Any]) -> Evaluation:
         outcomes = tuple(

@@ -9,12 +9,18 @@ sanctions hit reported after a transfer but before it is scored therefore counts
 is what a compliance officer wants. Each assessment stores the whole context it was
 scored on, so replaying an assessment re-evaluates that stored context and gives the
 same result whatever the subject's attributes have become since.
+
+A party's history features are computed, and put in the context, only where the
+ruleset's rules may read them (:class:`FeatureNeeds`): a rule's condition, what its
+explanation shows and its reason's placeholders name them, and a rule that reads a
+party as a whole gets all of that party's features. The context therefore holds every
+fact the ruleset version could have used, and only those.
 """
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
@@ -55,17 +61,55 @@ class Features:
     values: Mapping[str, int]
 
     @classmethod
-    def empty(cls) -> Features:
-        names = ["days_dormant"]
-        for window in WINDOWS:
-            for direction in ("out", "in"):
-                names += [
-                    f"{direction}_count_{window}",
-                    f"{direction}_sum_minor_{window}",
-                    f"{direction}_distinct_{window}",
-                ]
-            names += [f"pair_count_{window}", f"near_threshold_count_{window}"]
-        return cls({name: 0 for name in names} | {"days_dormant": -1})
+    def empty(cls, names: Iterable[str] | None = None) -> Features:
+        """No history: every feature (or those named) at its value for no activity."""
+        wanted = HISTORY_FIELDS if names is None else frozenset(names)
+        return cls({name: _NO_HISTORY.get(name, 0) for name in HISTORY_ORDER if name in wanted})
+
+
+def _history_order() -> tuple[str, ...]:
+    names = ["days_dormant"]
+    for window in WINDOWS:
+        for direction in ("out", "in"):
+            names += [
+                f"{direction}_count_{window}",
+                f"{direction}_sum_minor_{window}",
+                f"{direction}_distinct_{window}",
+            ]
+        names += [f"pair_count_{window}", f"near_threshold_count_{window}"]
+    return tuple(names)
+
+
+# The history features of a party, in the order a context lists them.
+HISTORY_ORDER = _history_order()
+HISTORY_FIELDS = frozenset(HISTORY_ORDER)
+_NO_HISTORY = {"days_dormant": -1}
+
+
+@dataclass(frozen=True, slots=True)
+class FeatureNeeds:
+    """Which history features each party's context holds (all of them by default)."""
+
+    originator: frozenset[str] = HISTORY_FIELDS
+    beneficiary: frozenset[str] = HISTORY_FIELDS
+
+    @classmethod
+    def of(cls, reads: Mapping[str, frozenset[str] | None]) -> FeatureNeeds:
+        """What a ruleset's reads (per context root: the fields, or None for any) need."""
+
+        def party(root: str) -> frozenset[str]:
+            if root not in reads:
+                return frozenset()
+            names = reads[root]
+            return HISTORY_FIELDS if names is None else HISTORY_FIELDS & names
+
+        return cls(party("originator"), party("beneficiary"))
+
+    def union(self) -> frozenset[str]:
+        return self.originator | self.beneficiary
+
+
+ALL_FEATURES = FeatureNeeds()
 
 
 def to_minor(amount: Decimal, currency: str) -> int:
@@ -147,6 +191,8 @@ class RiskScorer(Protocol):
 
     name: str
     version: int
+    # The history features its contexts must hold.
+    needs: FeatureNeeds
 
     def assess(self, context: Mapping[str, Any]) -> Evaluation: ...
 
@@ -213,10 +259,13 @@ class ScoringStore(Protocol):
         ...
 
     async def features_of(
-        self, events: Sequence[StoredEvent], ruleset: Ruleset
+        self,
+        events: Sequence[StoredEvent],
+        ruleset: Ruleset,
+        needs: FeatureNeeds = ALL_FEATURES,
     ) -> list[tuple[Features, Features]]:
         """For each event, in order, the originator's and the beneficiary's features as of
-        the event's time (the event itself included)."""
+        the event's time (the event itself included): those that ``needs`` names."""
         ...
 
     async def add_assessments(self, records: Sequence[AssessmentRecord]) -> set[uuid.UUID]:

@@ -127,7 +127,7 @@ async def _score_all(
     done = await store.assessed(ids, stored.version)
     todo = [loaded[event_id] for event_id in ids if event_id not in done]
     scorer = scorers.scorer_for(tenant_id, stored)
-    features = await store.features_of(todo, scorers.parse(stored))
+    features = await store.features_of(todo, scorers.parse(stored), scorer.needs)
     records = []
     for event, (originator, beneficiary) in zip(todo, features, strict=True):
         context = build_context(event, originator, beneficiary)

@@ -12,10 +12,10 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from adapters.features import window_length
+from adapters.features import features_sql, history_features, window_length
 from adapters.tenants import create_tenant
 from domain.rules import WINDOWS, Band, Ruleset
-from domain.scoring import Features, to_minor
+from domain.scoring import FeatureNeeds, Features, to_minor
 from services.ingest import Caller, Outcome, ingest_events
 
 T = datetime(2026, 3, 10, 12, 0, tzinfo=UTC)
@@ -351,3 +351,58 @@ async def test_one_statement_for_many_events_gives_each_its_own_features(
         if key != "kyc":
             expected = reference(history, by_key[key])
             assert (dict(originator.values), dict(beneficiary.values)) == expected, key
+
+
+async def test_only_the_features_named_are_computed_and_each_is_the_full_figure(
+    uow_factory: Any, tenant: uuid.UUID
+) -> None:
+    # A ruleset needs a few features of each party: the statement computes those alone,
+    # and each is exactly what computing every feature gives.
+    history = random_history(seed=7, size=60)
+    raws = [transfer(x.key, x.origin, x.target, x.at, str(x.amount), x.currency) for x in history]
+    ids = await ingest(uow_factory, tenant, [*raws, kyc_update("kyc", "R1", T)])
+    needs = FeatureNeeds(
+        originator=frozenset({"out_count_1h", "out_sum_minor_7d", "pair_count_24h"}),
+        beneficiary=frozenset({"in_distinct_7d", "pair_count_24h", "days_dormant"}),
+    )
+    async with uow_factory(tenant) as uow:
+        loaded = await uow.scoring.load_events(list(ids.values()))
+        events = [loaded[ids[key]] for key in sorted(ids)]
+        everything = await uow.scoring.features_of(events, RULESET)
+        named = await uow.scoring.features_of(events, RULESET, needs)
+
+    for (all_o, all_b), (o, b) in zip(everything, named, strict=True):
+        assert dict(o.values) == {n: all_o.values[n] for n in needs.originator}
+        assert dict(b.values) == {n: all_b.values[n] for n in needs.beneficiary}
+
+
+def test_the_statement_scans_and_aggregates_only_for_the_features_named() -> None:
+    outgoing_only = features_sql(frozenset({"out_count_24h", "pair_count_7d"}))
+    assert "out_window" in outgoing_only
+    assert "in_window" not in outgoing_only
+    assert "DISTINCT" not in outgoing_only
+    assert "last_before" not in outgoing_only
+    assert "out_count_1h" not in outgoing_only
+    assert "near_threshold" not in outgoing_only
+
+    incoming = features_sql(frozenset({"in_distinct_7d", "days_dormant"}))
+    assert "out_window" not in incoming
+    assert "in_window" in incoming
+    assert incoming.count("DISTINCT") == 1
+    assert "last_before" in incoming
+
+
+async def test_a_ruleset_that_needs_no_history_runs_no_statement(
+    uow_factory: Any, tenant: uuid.UUID
+) -> None:
+    ids = await ingest(uow_factory, tenant, EDGES[:2])
+    nothing = FeatureNeeds(frozenset(), frozenset())
+    async with uow_factory(tenant) as uow:
+        loaded = await uow.scoring.load_events(list(ids.values()))
+
+    class Refuses:
+        async def execute(self, *_: Any) -> None:
+            raise AssertionError("no statement was expected")
+
+    found = await history_features(Refuses(), tenant, list(loaded.values()), RULESET, nothing)  # type: ignore[arg-type]
+    assert found == [(Features({}), Features({}))] * 2

@@ -9,10 +9,13 @@ import uuid
 from typing import Any
 
 import pytest
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from adapters.cel_rules import CachedScorers
+from domain.default_ruleset import DEFAULT_RULESET
 from domain.ports import UnitOfWorkFactory
+from domain.scoring import HISTORY_FIELDS, StoredRuleset
 from services.scoring import EventNotFound, ScoreOutcome, score_events
 from tests.integration.scoring_support import (
     activate_default_ruleset,
@@ -139,3 +142,27 @@ async def test_a_full_batch_is_scored_without_waiting_for_the_linger(
     )
 
     assert [r.outcome if r else None for r in results] == [ScoreOutcome.ASSESSED] * 4
+
+
+async def test_an_assessment_keeps_the_facts_its_ruleset_reads_and_no_others(
+    tenant: uuid.UUID,
+    uow_factory: UnitOfWorkFactory,
+    owner_engine: AsyncEngine,
+    transaction_event: Any,
+) -> None:
+    await activate_default_ruleset(uow_factory, tenant)
+    (event,) = await ingest(uow_factory, tenant, [alerting(transaction_event)])
+    await score_events(uow_factory, CachedScorers(), tenant, [(event, None)])
+
+    async with owner_engine.connect() as connection:
+        stored = (
+            await connection.execute(
+                text("SELECT context FROM assessments WHERE tenant_id = :t AND event_id = :e"),
+                {"t": tenant, "e": event},
+            )
+        ).scalar_one()
+    needs = CachedScorers().scorer_for(tenant, StoredRuleset(1, DEFAULT_RULESET, b"x")).needs
+    attributes = {"country", "risk_rating", "pep", "sanctions_hit"}
+    assert set(stored["originator"]) == attributes | needs.originator
+    assert set(stored["beneficiary"]) == attributes | needs.beneficiary
+    assert needs.union() < HISTORY_FIELDS

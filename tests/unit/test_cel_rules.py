@@ -24,8 +24,10 @@ from domain.default_ruleset import DEFAULT_RULESET
 from domain.messages import OutboxMessage
 from domain.rules import InvalidRuleset, RuleFailed, Ruleset
 from domain.scoring import (
+    ALL_FEATURES,
     AlertRecord,
     AssessmentRecord,
+    FeatureNeeds,
     Features,
     StoredEvent,
     StoredRuleset,
@@ -181,6 +183,7 @@ class ScoringMemory:
     active: int | None = None
     events: dict[uuid.UUID, StoredEvent] = field(default_factory=dict)
     features: dict[uuid.UUID, tuple[Features, Features]] = field(default_factory=dict)
+    needs: list[FeatureNeeds] = field(default_factory=list)
     assessments: list[AssessmentRecord] = field(default_factory=list)
     cases: dict[uuid.UUID, Case] = field(default_factory=dict)
     alerts: list[AlertRecord] = field(default_factory=list)
@@ -223,8 +226,12 @@ class MemoryScoringStore:
         }
 
     async def features_of(
-        self, events: Sequence[StoredEvent], ruleset: Ruleset
+        self,
+        events: Sequence[StoredEvent],
+        ruleset: Ruleset,
+        needs: FeatureNeeds = ALL_FEATURES,
     ) -> list[tuple[Features, Features]]:
+        self.memory.needs.append(needs)
         return [self.memory.features[event.event_id] for event in events]
 
     async def add_assessments(self, records: Sequence[AssessmentRecord]) -> set[uuid.UUID]:
@@ -361,3 +368,30 @@ async def test_a_rule_failing_on_one_event_is_recorded_and_scoring_goes_on() -> 
     assert failed.observed == {"event.amount_minor": 25_000, "originator.days_dormant": 0}
     assert [o.code for o in assessment.evaluation.outcomes if o.fired] == ["SANCTIONED_BENEFICIARY"]
     assert [alert.subject_id for alert in memory.alerts] == [event.counterparty_id]
+
+
+async def test_scoring_asks_only_for_the_features_its_ruleset_reads() -> None:
+    event = StoredEvent(
+        event_id=uuid.uuid4(),
+        event_type="transaction",
+        occurred_at=datetime(2026, 3, 2, 10, 15, tzinfo=UTC),
+        subject_id=uuid.uuid4(),
+        counterparty_id=uuid.uuid4(),
+        amount=Decimal("250.00"),
+        currency="EUR",
+        payload={"data": {"originator": {"country": "NL"}, "beneficiary": {"country": "NL"}}},
+    )
+    memory = ScoringMemory(
+        rulesets={1: stored(1, DEFAULT_RULESET)},
+        active=1,
+        events={event.event_id: event},
+        features={event.event_id: (Features.empty(), Features.empty())},
+    )
+
+    await score_event(factory(memory), CachedScorers(), TENANT, event.event_id)
+
+    (needs,) = memory.needs
+    assert needs != ALL_FEATURES
+    assert {"out_count_1h", "pair_count_24h", "days_dormant"} <= needs.originator
+    assert "in_distinct_7d" in needs.beneficiary
+    assert "out_distinct_90d" not in needs.union()

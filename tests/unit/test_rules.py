@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from adapters.cel_rules import CelCompiler
+from domain.default_ruleset import DEFAULT_RULESET
 from domain.rules import (
     Band,
     CompiledRuleset,
@@ -21,7 +22,14 @@ from domain.rules import (
     compile_ruleset,
     parse_ruleset,
 )
-from domain.scoring import Features, StoredEvent, build_context, sample_contexts
+from domain.scoring import (
+    HISTORY_FIELDS,
+    FeatureNeeds,
+    Features,
+    StoredEvent,
+    build_context,
+    sample_contexts,
+)
 
 
 def rule(code: str = "LARGE", **changes: Any) -> dict[str, Any]:
@@ -329,3 +337,66 @@ def test_an_alert_names_the_accounts_whose_own_rules_reach_the_threshold(
     evaluation = Evaluation(score, Band.LOW, outcomes, score >= 50, alert_threshold=50)
 
     assert evaluation.concerned() == named
+
+
+# -- what a ruleset reads ----------------------------------------------------------------
+
+
+def test_a_ruleset_reads_what_its_conditions_explanations_and_reasons_name() -> None:
+    version = compiled(
+        document(
+            rule(
+                "BURST",
+                condition="originator.out_count_1h >= params.n",
+                params={"n": 3},
+                reason="{originator.out_count_1h} transfers, {beneficiary.in_count_7d} received",
+            ),
+            rule("WIDE", condition="beneficiary.in_distinct_7d > 9 && event.cross_border"),
+        )
+    )
+    assert dict(version.reads) == {
+        "originator": frozenset({"out_count_1h"}),
+        "beneficiary": frozenset({"in_count_7d", "in_distinct_7d"}),
+        "event": frozenset({"cross_border", "amount_minor"}),
+    }
+    needs = FeatureNeeds.of(version.reads)
+    assert needs.originator == {"out_count_1h"}
+    assert needs.beneficiary == {"in_count_7d", "in_distinct_7d"}
+
+
+@pytest.mark.parametrize(
+    "condition",
+    [
+        "size(originator) > 3",
+        "originator['out_count_1h'] > 3",
+    ],
+)
+def test_a_rule_that_reads_a_party_as_a_whole_needs_all_its_features(condition: str) -> None:
+    version = compiled(document(rule("WHOLE", condition=condition, reason="whole")))
+    assert version.reads["originator"] is None
+    needs = FeatureNeeds.of(version.reads)
+    assert needs.originator == HISTORY_FIELDS
+    assert needs.beneficiary == frozenset()
+
+
+def test_a_context_of_only_the_needed_features_scores_as_the_whole_one() -> None:
+    # Every rule of the default ruleset sees the same figures either way.
+    version = compiled(DEFAULT_RULESET)
+    needs = FeatureNeeds.of(version.reads)
+    assert needs.originator < HISTORY_FIELDS
+    full = context("9500.00", out_count_1h=6, near_threshold_count_7d=3, out_count_24h=11)
+    trimmed = {
+        **full,
+        "originator": {
+            k: v
+            for k, v in full["originator"].items()
+            if k not in HISTORY_FIELDS or k in needs.originator
+        },
+        "beneficiary": {
+            k: v
+            for k, v in full["beneficiary"].items()
+            if k not in HISTORY_FIELDS or k in needs.beneficiary
+        },
+    }
+    assert version.evaluate(trimmed) == version.evaluate(full)
+    assert version.evaluate(full).score > 0
