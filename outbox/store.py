@@ -15,7 +15,10 @@ Heads are found in two ways, because each is quick where the other is slow:
   many keys, so that heads are dense among the oldest rows;
 * one index descent per key with pending rows (a "loose index scan"), when the window
   held fewer heads than the batch wants: quick when there are few keys, each with a
-  long queue.
+  long queue. It visits as many keys as the window holds rows, in key order, and no
+  more, so that with a long backlog of many keys (one per event) a claim costs the same
+  as with a short one; each head it finds is then locked by its ``seq``, oldest first,
+  until the batch is full.
 
 Neither keeps a cursor: a row that commits after a row with a higher ``seq`` is found.
 """
@@ -86,33 +89,40 @@ SELECT count(*) FROM ({_WINDOW}) c
 
 HEADS_BY_KEY = f"""
 WITH RECURSIVE firsts AS (
-    (SELECT p.tenant_id, p.ordering_key, p.seq FROM outbox p
+    (SELECT p.tenant_id, p.ordering_key, p.seq, 1 AS keys FROM outbox p
      WHERE {_pending("p")}
      ORDER BY p.tenant_id, p.ordering_key, p.seq
      LIMIT 1)
     UNION ALL
-    SELECT n.tenant_id, n.ordering_key, n.seq
+    SELECT n.tenant_id, n.ordering_key, n.seq, f.keys + 1
     FROM firsts f CROSS JOIN LATERAL (
         SELECT p.tenant_id, p.ordering_key, p.seq FROM outbox p
         WHERE {_pending("p")} AND (p.tenant_id, p.ordering_key) > (f.tenant_id, f.ordering_key)
         ORDER BY p.tenant_id, p.ordering_key, p.seq
         LIMIT 1) n
+    WHERE f.keys < $3
 )
-SELECT {_COLUMNS}
-FROM firsts f JOIN outbox o ON o.seq = f.seq
-WHERE {_pending("o")}
-  AND o.next_attempt_at <= now()
-  AND o.seq <> ALL($1::bigint[])
-ORDER BY o.seq
+SELECT n.*
+FROM (SELECT f.tenant_id, f.ordering_key, f.seq FROM firsts f
+      WHERE f.seq <> ALL($1::bigint[]) ORDER BY f.seq) h
+CROSS JOIN LATERAL (
+    SELECT {_COLUMNS}
+    FROM outbox o
+    WHERE o.tenant_id = h.tenant_id AND o.ordering_key = h.ordering_key AND o.seq = h.seq
+      AND {_pending("o")} AND o.next_attempt_at <= now()
+    FOR UPDATE OF o SKIP LOCKED
+) n
 LIMIT $2
-FOR UPDATE OF o SKIP LOCKED
 """
 
 # The descent per key must read outbox_pending_by_key in its order. With statistics
 # taken while the outbox was nearly empty, the planner instead read all pending rows
 # by seq and sorted them, for every key: 6.6 to 8.6 s a claim with 20,000 rows pending
-# over 2,000 keys, against about 0.1 s. Sorting is priced out for that statement alone.
-BY_KEY_SETTING = "enable_sort = off"
+# over 2,000 keys, against about 0.1 s. Sorting is priced out for that statement alone;
+# the one sort it needs (of the heads found) is then priced so high that the plan would
+# be compiled by JIT, which took longer than the statement, so JIT is off for it too.
+BY_KEY_SETTINGS = "SET LOCAL enable_sort = off; SET LOCAL jit = off"
+BY_KEY_RESET = "SET LOCAL enable_sort = on; SET LOCAL jit = DEFAULT"
 
 # Plain FOR UPDATE, not SKIP LOCKED: a follower skipped would leave a gap in its key.
 FOLLOWERS = f"""
@@ -258,11 +268,11 @@ async def _claim_heads(connection: asyncpg.Connection, batch_size: int) -> list[
         records[0]["window_rows"] if records else await connection.fetchval(WINDOW_ROWS, window)
     )
     if window_rows >= window:
-        await connection.execute(f"SET LOCAL {BY_KEY_SETTING}")
+        await connection.execute(BY_KEY_SETTINGS)
         records = await connection.fetch(
-            HEADS_BY_KEY, [head.seq for head in heads], batch_size - len(heads)
+            HEADS_BY_KEY, [head.seq for head in heads], batch_size - len(heads), window
         )
-        await connection.execute("SET LOCAL enable_sort = on")
+        await connection.execute(BY_KEY_RESET)
         heads.extend(PendingRow(*record) for record in records)
         heads.sort(key=lambda row: row.seq)
     return heads
