@@ -19,12 +19,16 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from typing import Any
 
+import aiormq
 from aio_pika.abc import (
     AbstractChannel,
     AbstractIncomingMessage,
     AbstractQueue,
     AbstractRobustConnection,
 )
+from aiormq.abc import ChannelFrame
+from aiormq.exceptions import ChannelInvalidStateError
+from pamqp.commands import Basic
 
 from adapters.broker import Names, declare_topology
 
@@ -77,6 +81,10 @@ class QueueConsumer:
         self._channel: AbstractChannel | None = None
         self._queue: AbstractQueue | None = None
         self._consumer_tag: str | None = None
+        self._acks = Acks()
+        # The deliveries in hand that :meth:`ack` settled (by id: aio-pika marks only
+        # the messages it acknowledged itself as processed).
+        self._acked: set[int] = set()
 
     async def start(self) -> None:
         channel = await self._connection.channel(publisher_confirms=False)
@@ -108,7 +116,10 @@ class QueueConsumer:
                     "answering a message failed; it goes back to the queue",
                     extra=delivery_fields(message),
                 )
-                await self._give_back(message)
+                if id(message) not in self._acked:
+                    await self._give_back(message)
+            finally:
+                self._acked.discard(id(message))
 
     # -- what a subclass says --------------------------------------------------------------
 
@@ -126,6 +137,12 @@ class QueueConsumer:
         """Count or log a message given back after a defect."""
 
     # -- shared steps ----------------------------------------------------------------------
+
+    async def ack(self, message: AbstractIncomingMessage) -> None:
+        """Acknowledge a delivery, with every other ack asked for in the same turn of the
+        event loop (see :class:`Acks`)."""
+        await self._acks.ack(message)
+        self._acked.add(id(message))
 
     async def requeue_later(self, message: AbstractIncomingMessage) -> None:
         # Holding the message (rather than requeueing it at once) spaces out the attempts
@@ -173,6 +190,72 @@ class QueueConsumer:
                 )
                 return
             await asyncio.wait(set(self._in_flight), timeout=remaining)
+
+
+class Acks:
+    """Acknowledges deliveries, writing every ack asked for on a channel in one turn of
+    the event loop to the socket at once.
+
+    aio-pika's ``ack`` gives aiormq one frame and waits for it to be written, and
+    aiormq's writer makes one ``send()`` per frame, so the broker is woken once per
+    message. A dispatch batch settles all of its messages in the same turn: here their
+    ``basic.ack`` frames go out together, each still for its own delivery tag (never
+    ``multiple``, so no ack can cover a delivery still being worked on)."""
+
+    def __init__(self) -> None:
+        self._due: dict[int, _DueAcks] = {}
+
+    async def ack(self, message: AbstractIncomingMessage) -> None:
+        tag = message.delivery_tag
+        if tag is None:
+            raise ValueError("a delivery without a tag cannot be acknowledged")
+        channel = message.channel
+        if not isinstance(channel, aiormq.Channel):
+            await message.ack()  # not aiormq's own channel: leave it to aio-pika
+            return
+        due = self._due.get(id(channel))
+        if due is None:
+            due = self._due[id(channel)] = _DueAcks(channel, [], channel.create_future())
+            asyncio.get_running_loop().call_soon(self._flush, id(channel))
+        due.tags.append(tag)
+        await asyncio.shield(due.written)
+
+    def _flush(self, key: int) -> None:
+        # Runs after the handlers already woken in this turn: their acks go too.
+        due = self._due.pop(key)
+        write = asyncio.ensure_future(_write_acks(due))
+        write.add_done_callback(_retrieve)
+
+
+@dataclass(slots=True)
+class _DueAcks:
+    channel: aiormq.Channel
+    tags: list[int]
+    written: asyncio.Future[Any]
+
+
+async def _write_acks(due: _DueAcks) -> None:
+    channel = due.channel
+    try:
+        if channel.is_closed:
+            raise ChannelInvalidStateError(f"{channel!r} closed")
+        frames = [Basic.Ack(delivery_tag=tag) for tag in due.tags]
+        await channel.write_queue.put(
+            ChannelFrame.marshall(
+                channel_number=channel.number, frames=frames, drain_future=due.written
+            )
+        )
+    except BaseException as error:
+        if not due.written.done():
+            due.written.set_exception(
+                error if isinstance(error, Exception) else ChannelInvalidStateError()
+            )
+        raise
+
+
+def _retrieve(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled():
+        _ = task.exception()
 
 
 def delivery(message: AbstractIncomingMessage) -> int:

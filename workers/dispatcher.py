@@ -218,7 +218,7 @@ class Dispatcher(QueueConsumer):
                 await self.requeue_later(message)
                 _settled(Fate.RETRIED, message_id=received.message_id, reason="INTERNAL")
                 return
-            await message.ack()
+            await self.ack(message)
             _settled(fate, message_id=received.message_id)
 
     async def _dispatch(self, received: Received) -> Fate:

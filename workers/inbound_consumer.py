@@ -159,7 +159,7 @@ class InboundConsumer(QueueConsumer):
         if verdict.fate is Fate.RETRIED:
             await self.requeue_later(message)
         else:
-            await message.ack()
+            await self.ack(message)
         _count(verdict)
         _log_verdict(message, verdict, envelope)
 

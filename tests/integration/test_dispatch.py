@@ -18,7 +18,9 @@ from typing import Any
 import aio_pika
 import pytest
 from aio_pika.abc import AbstractRobustConnection
+from aiormq.abc import ChannelFrame
 from arq.connections import ArqRedis
+from pamqp.commands import Basic
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -289,6 +291,10 @@ async def _count(value: Any, expected: int) -> bool:
     return int(await value) == expected
 
 
+async def _all_acked(acks_per_write: list[int], expected: int) -> bool:
+    return sum(acks_per_write) == expected
+
+
 async def _assessed(owner_engine: AsyncEngine, tenant: uuid.UUID) -> bool:
     return await assessed(owner_engine, tenant) == 1
 
@@ -433,3 +439,43 @@ async def test_batches_holding_copies_in_opposite_orders_do_not_deadlock(
 
 async def _waiting(owner_engine: AsyncEngine, count: int) -> bool:
     return await sessions_waiting_for_locks(owner_engine, "vigil") >= count
+
+
+async def test_the_acks_of_a_batch_go_to_the_broker_in_one_write(
+    queue: ArqRedis,
+    publish: Any,
+    dispatching: Any,
+    tenant: uuid.UUID,
+    owner_engine: AsyncEngine,
+    uow_factory: UnitOfWorkFactory,
+    transaction_event: Any,
+    names: Names,
+    amqp: AbstractRobustConnection,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # One ack frame per write woke the broker once per message; a batch settles its
+    # messages together, so their acks can leave together, each for its own delivery.
+    await ingest(uow_factory, tenant, [transaction_event() for _ in range(12)])
+    envelopes = await received_envelopes(owner_engine, tenant)
+    outcomes = Counter("vigil_dispatch_messages_total", "outcome")
+    acks_per_write: list[int] = []
+    marshall = ChannelFrame.marshall
+
+    def counting(*args: Any, **kwargs: Any) -> ChannelFrame:
+        frames = kwargs.get("frames", args[1] if len(args) > 1 else [])
+        acks = [frame for frame in frames if isinstance(frame, Basic.Ack)]
+        if acks:
+            assert not any(frame.multiple for frame in acks)
+            acks_per_write.append(len(acks))
+        return marshall(*args, **kwargs)
+
+    monkeypatch.setattr(ChannelFrame, "marshall", counting)
+    async with dispatching(queue, prefetch=100, batch_size=12, linger_seconds=5.0):
+        for envelope in envelopes:
+            await publish(envelope)
+        await eventually(lambda: _equals(outcomes.since, {"enqueued": 12}), what="enqueued")
+        await eventually(lambda: _all_acked(acks_per_write, 12), what="acked")
+
+    assert acks_per_write == [12]
+    # Every delivery was settled: none comes back to the queue once the consumer is gone.
+    assert await waiting_in(amqp, names.dispatch) == 0
