@@ -67,6 +67,8 @@ class Settings(BaseSettings):
     relay_batch_size: int = Field(200, ge=1, le=5000)
     relay_concurrency: int = Field(2, ge=1, le=16)
     relay_poll_seconds: float = Field(1.0, gt=0, le=60)
+    # How long a claim loop woken by a commit waits for the commits that follow.
+    relay_linger_seconds: float = Field(0.02, ge=0, le=1)
     relay_publish_timeout_seconds: float = Field(5.0, gt=0, le=120)
     relay_max_attempts: int = Field(10, ge=1, le=1000)
     relay_retention_hours: float = Field(24.0, gt=0)

@@ -548,6 +548,8 @@ async def test_heads_are_found_by_index_on_an_outbox_never_analysed(settings: Se
     assert not any("join filter" in line for line in lines), "\n".join(lines)
     probes = [line for line in lines if "index cond" in line and "o.ordering_key" in line]
     assert probes, "\n".join(lines)
+    # The window is read once, for both its size and its last seq.
+    assert sum("aggregate" in line for line in lines) == 1, "\n".join(lines)
 
 
 @pytest.mark.parametrize("keys", [2_000, 8_000])
@@ -795,3 +797,51 @@ async def test_a_row_behind_one_just_parked_leaves_without_waiting_for_the_poll(
             wakeup.kick()
             await asyncio.gather(work, return_exceptions=True)
     assert (await outbox_rows(owner_engine, tenant))[str(parked)].parked_at is not None
+
+
+async def test_a_woken_loop_lingers_so_that_commits_close_together_share_a_claim(
+    settings: Settings,
+    tenant: uuid.UUID,
+    make_relay: MakeRelay,
+    owner_engine: AsyncEngine,
+    relay_engine: AsyncEngine,
+    amqp: AbstractRobustConnection,
+    names: Names,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Under load the commits come a few milliseconds apart; a loop that claimed at each
+    # one paid a claim's statements for every commit's rows.
+    claims: list[set[str]] = []
+    claim = store.claim
+
+    async def recorded(connection: asyncpg.Connection, batch_size: int) -> store.Claim:
+        claimed = await claim(connection, batch_size)
+        claims.append({str(row.message_id) for rows in claimed.groups.values() for row in rows})
+        return claimed
+
+    monkeypatch.setattr(store, "claim", recorded)
+    name = f"vigil-test-{secrets.token_hex(4)}"
+    wakeup = Wakeup(plain_url(settings.relay_database_url), application_name=name)
+    stop = asyncio.Event()
+    listening = asyncio.create_task(wakeup.listen())
+    work: asyncio.Task[None] | None = None
+    try:
+        await listener_pid(relay_engine, f"{name}-listen", other_than=None)
+        async with tap(amqp, names, tenant) as queue:
+            work = asyncio.create_task(_work(make_relay(), wakeup, stop, 30.0, linger_seconds=0.5))
+            await asyncio.sleep(1.0)  # the loop has claimed what was there, and waits
+            rows = []
+            for _ in range(2):
+                async with owner_engine.begin() as connection:
+                    message_id, _ = await insert_row(connection, tenant)
+                rows.append(str(message_id))
+                await asyncio.sleep(0.05)
+            await until(lambda: sorted(queue.ids) == sorted(rows), seconds=10)
+    finally:
+        stop.set()
+        wakeup.kick()
+        if work is not None:
+            await asyncio.gather(work, return_exceptions=True)
+        listening.cancel()
+        await asyncio.gather(listening, return_exceptions=True)
+    assert [claimed & set(rows) for claimed in claims if claimed & set(rows)] == [set(rows)]
