@@ -183,7 +183,10 @@ def _flat_scope(flat: Flattened, context: Mapping[str, Any]) -> dict[str, Any] |
     scope: dict[str, Any] = {}
     for variable, root, name in flat.fields:
         values = context.get(root)
-        if not isinstance(values, dict | Mapping) or name not in values:
+        # An exact dict is settled at once; the ABC check is for anything else.
+        if type(values) is not dict and not isinstance(values, Mapping):
+            return None
+        if name not in values:
             return None
         scope[variable] = values[name]
     for root, value in context.items():

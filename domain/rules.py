@@ -346,6 +346,8 @@ class CompiledRuleset:
     # For each context root, every field a rule may read from it (its condition, what its
     # explanation shows, its reason's placeholders), or None when a rule may read any.
     reads: Mapping[str, frozenset[str] | None] = field(default_factory=dict)
+    # The same paths split once into (path, root, field), as each evaluation reads them.
+    _observed_parts: tuple[tuple[tuple[str, str, str], ...], ...] = ()
 
     def __post_init__(self) -> None:
         if not self.observed:
@@ -354,6 +356,10 @@ class CompiledRuleset:
                 for rule in self.ruleset.rules
             )
             object.__setattr__(self, "observed", paths)
+        parts = tuple(
+            tuple((path, *path.split(".", 1)) for path in paths) for paths in self.observed
+        )
+        object.__setattr__(self, "_observed_parts", parts)
         if not self.reads:
             object.__setattr__(self, "reads", self._reads())
 
@@ -386,7 +392,7 @@ class CompiledRuleset:
         outcomes = tuple(
             _evaluate_rule(rule, condition, context, observed)
             for rule, condition, observed in zip(
-                self.ruleset.rules, self.conditions, self.observed, strict=True
+                self.ruleset.rules, self.conditions, self._observed_parts, strict=True
             )
         )
         score = min(MAX_SCORE, sum(outcome.points for outcome in outcomes))
@@ -424,10 +430,17 @@ def compile_ruleset(
 
 
 def _evaluate_rule(
-    rule: Rule, condition: CompiledCondition, context: Mapping[str, Any], paths: Sequence[str]
+    rule: Rule,
+    condition: CompiledCondition,
+    context: Mapping[str, Any],
+    paths: Sequence[tuple[str, str, str]],
 ) -> RuleOutcome:
     scope = {**context, "params": rule.params}
-    observed = {path: _lookup(scope, path) for path in paths}
+    observed = {}
+    for path, root, name in paths:
+        values = scope.get(root)
+        # An exact dict answers at once; anything else is looked up as the path says.
+        observed[path] = values.get(name) if type(values) is dict else _lookup(scope, path)
     try:
         fired = condition.evaluate(scope) is True
     except RuleFailed as error:

@@ -6,6 +6,7 @@ import copy
 import uuid
 from datetime import UTC, datetime
 from decimal import Decimal
+from types import MappingProxyType
 from typing import Any
 
 import pytest
@@ -400,3 +401,18 @@ def test_a_context_of_only_the_needed_features_scores_as_the_whole_one() -> None
     }
     assert version.evaluate(trimmed) == version.evaluate(full)
     assert version.evaluate(full).score > 0
+
+
+def test_an_explanation_reads_the_same_from_any_mapping() -> None:
+    # Plain dicts take a quicker path; any other mapping must show the same values.
+    version = compiled(DEFAULT_RULESET)
+    plain = context("9500.00", out_count_1h=6, near_threshold_count_7d=3)
+    wrapped = {root: MappingProxyType(values) for root, values in plain.items()}
+    assert version.evaluate(wrapped) == version.evaluate(plain)
+    observed = {
+        path: value
+        for outcome in version.evaluate(plain).outcomes
+        for path, value in outcome.observed.items()
+    }
+    assert observed["originator.out_count_1h"] == 6
+    assert observed["event.amount_minor"] == 950_000
