@@ -146,16 +146,28 @@ async def _score_all(
     stored_now = await store.add_assessments(records)
 
     correlation = dict(reversed(events))  # the first correlation id given for an event
-    scored: dict[uuid.UUID, ScoreResult] = {}
-    for record in records:
-        if record.event_id not in stored_now:
-            continue
+    kept = [record for record in records if record.event_id in stored_now]
+    alerts: list[_Alert] = []
+    for record in kept:
         event = loaded[record.event_id]
         correlation_id = correlation.get(record.event_id)
         _record_assessment(uow, event, record, correlation_id)
+        if record.evaluation.alert:
+            alerts += _alerts_of(event, record, correlation_id)
+    # Each alert locks its account's case until the commit. Taken in one order (by
+    # account, then in event order) in every transaction, two batches meeting on the same
+    # accounts wait for each other instead of deadlocking.
+    alerts.sort(key=lambda alert: alert.subject_id.bytes)
+    alerted: dict[uuid.UUID, int] = {}
+    for alert in alerts:
+        await _raise_alert(uow, alert)
+        alerted[alert.record.event_id] = alerted.get(alert.record.event_id, 0) + 1
+
+    scored: dict[uuid.UUID, ScoreResult] = {}
+    for record in kept:
         evaluation = record.evaluation
-        alerted = await _raise_alerts(uow, event, record, correlation_id) if evaluation.alert else 0
-        scored[record.event_id] = ScoreResult(ScoreOutcome.ASSESSED, evaluation.score, alerted)
+        count = alerted.get(record.event_id, 0)
+        scored[record.event_id] = ScoreResult(ScoreOutcome.ASSESSED, evaluation.score, count)
         log.debug(
             "event scored",
             extra={
@@ -163,7 +175,7 @@ async def _score_all(
                 "event_id": str(record.event_id),
                 "score": evaluation.score,
                 "band": evaluation.band.value,
-                "alerts": alerted,
+                "alerts": count,
             },
         )
     await store.clear_failures([event_id for event_id in scored if loaded[event_id].scoring_failed])
@@ -240,12 +252,22 @@ def _record_assessment(
     )
 
 
-async def _raise_alerts(
-    uow: UnitOfWork, event: StoredEvent, record: AssessmentRecord, correlation_id: str | None
-) -> int:
-    """One alert per account the fired rules concern, each joining or opening its case."""
+@dataclass(frozen=True, slots=True)
+class _Alert:
+    """One account an assessment alerts on, with the typologies of its fired rules."""
+
+    record: AssessmentRecord
+    subject_id: uuid.UUID
+    typologies: tuple[str, ...]
+    correlation_id: str | None
+
+
+def _alerts_of(
+    event: StoredEvent, record: AssessmentRecord, correlation_id: str | None
+) -> list[_Alert]:
+    """One alert per account the fired rules concern."""
     evaluation = record.evaluation
-    count = 0
+    found = []
     for party in evaluation.concerned():
         subject_id = event.subject_id if party is Party.ORIGINATOR else event.counterparty_id
         if subject_id is None:
@@ -253,22 +275,30 @@ async def _raise_alerts(
         typologies = tuple(
             sorted({o.typology for o in evaluation.outcomes if o.fired and o.concerns is party})
         )
-        case, opened = await _case_for(uow, subject_id, evaluation, typologies, record.scored_at)
-        alert = AlertRecord(
-            new_id(),
-            record.assessment_id,
-            event.event_id,
-            subject_id,
-            case.case_id,
-            evaluation.score,
-            evaluation.band.value,
-            typologies,
-            record.scored_at,
-        )
-        await uow.scoring.add_alert(alert)
-        _record_case_change(uow, case, alert, opened, correlation_id)
-        count += 1
-    return count
+        found.append(_Alert(record, subject_id, typologies, correlation_id))
+    return found
+
+
+async def _raise_alert(uow: UnitOfWork, alert: _Alert) -> None:
+    """The alert joins its account's case, or opens one."""
+    record = alert.record
+    evaluation = record.evaluation
+    case, opened = await _case_for(
+        uow, alert.subject_id, evaluation, alert.typologies, record.scored_at
+    )
+    stored = AlertRecord(
+        new_id(),
+        record.assessment_id,
+        record.event_id,
+        alert.subject_id,
+        case.case_id,
+        evaluation.score,
+        evaluation.band.value,
+        alert.typologies,
+        record.scored_at,
+    )
+    await uow.scoring.add_alert(stored)
+    _record_case_change(uow, case, stored, opened, alert.correlation_id)
 
 
 async def _case_for(

@@ -166,3 +166,38 @@ async def test_an_assessment_keeps_the_facts_its_ruleset_reads_and_no_others(
     assert set(stored["originator"]) == attributes | needs.originator
     assert set(stored["beneficiary"]) == attributes | needs.beneficiary
     assert needs.union() < HISTORY_FIELDS
+
+
+async def test_a_batch_takes_its_cases_in_account_order_whatever_the_events_order(
+    tenant: uuid.UUID,
+    uow_factory: UnitOfWorkFactory,
+    owner_engine: AsyncEngine,
+    transaction_event: Any,
+) -> None:
+    # Two batches locking the same cases in opposite orders deadlocked (and were retried
+    # event by event after a second's wait): every batch now takes its cases in the
+    # order of their accounts. The accounts are met first in reverse, so that their ids
+    # run against the order of the alerting events.
+    await activate_default_ruleset(uow_factory, tenant)
+    accounts = [f"ACCOUNT-{n:02d}" for n in range(6)]
+    await ingest(uow_factory, tenant, [transaction_event(originator=a) for a in reversed(accounts)])
+    alerting_events = await ingest(
+        uow_factory, tenant, [alerting(transaction_event, originator=a) for a in accounts]
+    )
+    await score_events(
+        uow_factory, CachedScorers(), tenant, [(event, None) for event in alerting_events]
+    )
+
+    async with owner_engine.connect() as connection:
+        rows = await connection.execute(
+            text(
+                "SELECT a.subject_id FROM audit_records r"
+                " JOIN alerts a ON a.tenant_id = r.tenant_id AND a.alert_id::text = r.entity_id"
+                " WHERE r.tenant_id = :t AND r.action = 'alert.raised' ORDER BY r.seq"
+            ),
+            {"t": tenant},
+        )
+        in_order = [row.subject_id for row in rows]
+    assert len(in_order) >= len(accounts)
+    assert in_order == sorted(in_order, key=lambda subject: subject.bytes)
+    assert in_order != sorted(in_order, key=lambda subject: subject.bytes, reverse=True)
