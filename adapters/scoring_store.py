@@ -168,7 +168,7 @@ SELECT :tenant_id, a.assessment_id, a.event_id, a.ruleset_version, a.scorer, a.s
 FROM unnest(CAST(:assessment_ids AS uuid[]), CAST(:event_ids AS uuid[]),
             CAST(:versions AS integer[]), CAST(:scorers AS text[]), CAST(:scores AS integer[]),
             CAST(:bands AS text[]), CAST(:alerts AS boolean[]),
-            CAST(:explanations AS jsonb[]), CAST(:contexts AS jsonb[]),
+            CAST(:explanations AS json[]), CAST(:contexts AS json[]),
             CAST(:scored_ats AS timestamptz[]))
     AS a (assessment_id, event_id, ruleset_version, scorer, score, band, alert, explanation,
           context, scored_at)

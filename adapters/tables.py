@@ -16,7 +16,7 @@ from sqlalchemy import (
     Table,
     Text,
 )
-from sqlalchemy.dialects.postgresql import ARRAY, JSONB, UUID
+from sqlalchemy.dialects.postgresql import ARRAY, JSON, JSONB, UUID
 
 metadata = MetaData()
 
@@ -148,8 +148,9 @@ assessments = Table(
     Column("score", Integer, nullable=False),
     Column("band", Text, nullable=False),
     Column("alert", Boolean, nullable=False),
-    Column("explanation", JSONB, nullable=False),
-    Column("context", JSONB, nullable=False),
+    # json, not jsonb: written once and read back whole, never searched (migration 0014).
+    Column("explanation", JSON, nullable=False),
+    Column("context", JSON, nullable=False),
     _time("scored_at", nullable=False),
 )
 

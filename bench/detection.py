@@ -62,7 +62,7 @@ ORDER BY e.occurred_at, e.event_id
 _ALERTS = text("""
 SELECT s.external_ref AS account,
        (SELECT coalesce(array_agg(r->>'code'), '{}')
-        FROM jsonb_array_elements(x.explanation->'rules') r
+        FROM json_array_elements(x.explanation->'rules') r
         WHERE (r->>'fired')::boolean
           AND r->>'concerns' = CASE WHEN a.subject_id = e.subject_id
                                     THEN 'originator' ELSE 'beneficiary' END) AS rules

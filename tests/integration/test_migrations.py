@@ -104,3 +104,21 @@ async def test_explanations_and_contexts_are_compressed_with_lz4(
         "explanation": "l",
         "context": "l",
     }
+
+
+async def test_explanations_and_contexts_are_kept_as_the_json_text_written(
+    owner_engine: AsyncEngine,
+) -> None:
+    # Written once and read back whole: parsing them into jsonb cost more than twice the
+    # check of the text, and stored them nearly twice as large.
+    async with owner_engine.connect() as connection:
+        rows = (
+            await connection.execute(
+                text(
+                    "SELECT attname, format_type(atttypid, atttypmod) AS type FROM pg_attribute"
+                    " WHERE attrelid = 'assessments'::regclass"
+                    " AND attname IN ('explanation', 'context')"
+                )
+            )
+        ).all()
+    assert {row.attname: row.type for row in rows} == {"explanation": "json", "context": "json"}
