@@ -6,7 +6,6 @@ application the ``vigil portal`` process serves.
 
 from __future__ import annotations
 
-import gc
 import json
 import logging
 import os
@@ -46,6 +45,7 @@ from uvicorn.supervisors import Multiprocess
 
 from adapters.logging import configure_logging
 from adapters.metrics import MULTIPROCESS_DIRECTORY
+from adapters.runtime import settle_garbage_collector
 from adapters.settings import Settings, get_settings
 from portal.auth import RequireAuthentication, authenticate_connection
 from portal.bodies import NOT_DECODED, decoded, refusal
@@ -277,27 +277,14 @@ def worker_app() -> Litestar:
     return settled(create_app(settings))
 
 
-# Containers allocated (net) before the youngest generation is collected: Python's
-# default, 700, is reached several times within one ingest request of 100 events, and
-# each collection walks the request's live objects again.
-YOUNG_COLLECTION_THRESHOLD = 10_000
-
-
 def settled(app: Litestar) -> Litestar:
     """``app``, with everything the process holds at this point (modules, the schema,
     the application) set aside from the cyclic garbage collector, and the youngest
     objects collected less often.
 
-    Those objects live as long as the process, but each full collection walked them all
-    again: in batches of 100 events, collections took about a sixth of a worker's time,
-    and with them set aside about a twentieth; collecting the youngest generation ten
-    times less often brings it to about a fiftieth. Garbage made so far is collected
-    first, so that none of it is kept.
+    See :mod:`adapters.runtime` for why.
     """
-    gc.collect()
-    gc.freeze()
-    _, older, oldest = gc.get_threshold()
-    gc.set_threshold(YOUNG_COLLECTION_THRESHOLD, older, oldest)
+    settle_garbage_collector()
     return app
 
 

@@ -16,6 +16,7 @@ from typing import Any
 import uvloop
 
 from adapters.logging import configure_logging
+from adapters.runtime import settle_garbage_collector
 from adapters.settings import get_settings
 
 MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
@@ -135,7 +136,10 @@ def _portal(args: argparse.Namespace) -> int:
 def _serve(main: Coroutine[Any, Any, None]) -> None:
     """Run a long-lived process on uvloop, the event loop the portal's server runs on
     too: the relay, the consumers and the workers spend much of their time in the loop's
-    own socket and callback handling, which uvloop does in C."""
+    own socket and callback handling, which uvloop does in C. What the process holds
+    once its modules are loaded is set aside from the garbage collector, as the portal
+    does (:mod:`adapters.runtime`)."""
+    settle_garbage_collector()
     uvloop.run(main)
 
 
