@@ -190,7 +190,7 @@ async def _replay(
     progress = Progress()
     started = time.monotonic()
     monitor = asyncio.create_task(_monitor(engine, tenant_id, len(events), progress, processes))
-    upkeep = asyncio.create_task(_vacuum_queues_without_autovacuum(engine))
+    upkeep = asyncio.create_task(vacuum_queues_without_autovacuum(engine))
     try:
         await _send_queue(settings, tenant_id, events[:BY_QUEUE])
         sent = await _send_graphql(base, ingest, events[BY_QUEUE:], args.batch, args.senders)
@@ -324,7 +324,7 @@ async def _send_queue(
             )
 
 
-async def _vacuum_queues_without_autovacuum(engine: AsyncEngine) -> None:
+async def vacuum_queues_without_autovacuum(engine: AsyncEngine, who: str = "the demo") -> None:
     """On a server with autovacuum off, vacuum the queue tables now and then, as
     autovacuum would (migration 0011 asks it to, often): every published outbox row
     leaves a dead row and dead index entries behind, and a relay's claim, which reads
@@ -334,7 +334,7 @@ async def _vacuum_queues_without_autovacuum(engine: AsyncEngine) -> None:
         if (await connection.scalar(text("SHOW autovacuum"))) != "off":
             return
     print(
-        "autovacuum is off on this server: the demo vacuums the outbox itself"
+        f"autovacuum is off on this server: {who} vacuums the outbox itself"
         f" every {QUEUE_VACUUM_SECONDS:.0f} s",
         file=sys.stderr,
     )
