@@ -85,22 +85,29 @@ async def test_the_queue_tables_are_vacuumed_after_a_fixed_number_of_dead_rows(
         assert "autovacuum_vacuum_threshold=5000" in options[table], options
 
 
-async def test_explanations_and_contexts_are_compressed_with_lz4(
-    owner_engine: AsyncEngine,
-) -> None:
-    # This server is built with LZ4 (as PostgreSQL's packages and images are), so the
-    # migration's fallback for one without it must not have been taken.
+async def _documents_columns(owner_engine: AsyncEngine) -> dict[str, tuple[str, str]]:
+    """The type and compression method of assessments' explanation and context."""
     async with owner_engine.connect() as connection:
         rows = (
             await connection.execute(
                 text(
-                    "SELECT attname, attcompression::text AS method FROM pg_attribute"
+                    "SELECT attname, format_type(atttypid, atttypmod) AS type,"
+                    " attcompression::text AS method FROM pg_attribute"
                     " WHERE attrelid = 'assessments'::regclass"
                     " AND attname IN ('explanation', 'context')"
                 )
             )
         ).all()
-    assert {row.attname: row.method for row in rows} == {
+    return {row.attname: (row.type, row.method) for row in rows}
+
+
+async def test_explanations_and_contexts_are_compressed_with_lz4(
+    owner_engine: AsyncEngine,
+) -> None:
+    # This server is built with LZ4 (as PostgreSQL's packages and images are), so the
+    # migration's fallback for one without it must not have been taken.
+    columns = await _documents_columns(owner_engine)
+    assert {name: method for name, (_, method) in columns.items()} == {
         "explanation": "l",
         "context": "l",
     }
@@ -111,14 +118,8 @@ async def test_explanations_and_contexts_are_kept_as_the_json_text_written(
 ) -> None:
     # Written once and read back whole: parsing them into jsonb cost more than twice the
     # check of the text, and stored them nearly twice as large.
-    async with owner_engine.connect() as connection:
-        rows = (
-            await connection.execute(
-                text(
-                    "SELECT attname, format_type(atttypid, atttypmod) AS type FROM pg_attribute"
-                    " WHERE attrelid = 'assessments'::regclass"
-                    " AND attname IN ('explanation', 'context')"
-                )
-            )
-        ).all()
-    assert {row.attname: row.type for row in rows} == {"explanation": "json", "context": "json"}
+    columns = await _documents_columns(owner_engine)
+    assert {name: kind for name, (kind, _) in columns.items()} == {
+        "explanation": "json",
+        "context": "json",
+    }
