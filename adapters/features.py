@@ -48,7 +48,6 @@ from domain.reference import CURRENCY_MINOR_UNITS
 from domain.rules import WINDOWS, Ruleset
 from domain.scoring import (
     ALL_FEATURES,
-    HISTORY_FIELDS,
     HISTORY_ORDER,
     FeatureNeeds,
     Features,
@@ -155,10 +154,6 @@ FROM unnest(
 ) AS p (item, role, subject_id, at, currency, beneficiary, near_low, near_high)
 {"".join(joins)}
 """
-
-
-# Every feature at once: what a ruleset that reads a party as a whole needs.
-FEATURES_SQL = features_sql(HISTORY_FIELDS)
 
 
 @functools.lru_cache(maxsize=64)

@@ -327,6 +327,21 @@ async def test_the_default_ruleset_installs_and_activates() -> None:
     assert [e.action for e in memory.audit] == ["ruleset.validated", "ruleset.activated"]
 
 
+def transfer(**changes: Any) -> StoredEvent:
+    """A transfer of 250.00 EUR between two Dutch accounts."""
+    return StoredEvent(
+        event_id=uuid.uuid4(),
+        event_type="transaction",
+        occurred_at=datetime(2026, 3, 2, 10, 15, tzinfo=UTC),
+        subject_id=uuid.uuid4(),
+        counterparty_id=uuid.uuid4(),
+        amount=Decimal("250.00"),
+        currency="EUR",
+        payload={"data": {"originator": {"country": "NL"}, "beneficiary": {"country": "NL"}}},
+        **changes,
+    )
+
+
 async def test_a_rule_failing_on_one_event_is_recorded_and_scoring_goes_on() -> None:
     # Valid on the sample contexts (dormancy -1 and 7), fails for an account whose last
     # activity was earlier the same day.
@@ -339,17 +354,7 @@ async def test_a_rule_failing_on_one_event_is_recorded_and_scoring_goes_on() -> 
         "reason": "{event.amount_minor} per day of dormancy",
     }
     document = DEFAULT_RULESET | {"rules": [per_day, *DEFAULT_RULESET["rules"]]}
-    event = StoredEvent(
-        event_id=uuid.uuid4(),
-        event_type="transaction",
-        occurred_at=datetime(2026, 3, 2, 10, 15, tzinfo=UTC),
-        subject_id=uuid.uuid4(),
-        counterparty_id=uuid.uuid4(),
-        amount=Decimal("250.00"),
-        currency="EUR",
-        payload={"data": {"originator": {"country": "NL"}, "beneficiary": {"country": "NL"}}},
-        counterparty_attributes={"sanctionsHit": True},
-    )
+    event = transfer(counterparty_attributes={"sanctionsHit": True})
     quiet = Features.empty()
     memory = ScoringMemory(
         rulesets={1: stored(1, document)},
@@ -371,16 +376,7 @@ async def test_a_rule_failing_on_one_event_is_recorded_and_scoring_goes_on() -> 
 
 
 async def test_scoring_asks_only_for_the_features_its_ruleset_reads() -> None:
-    event = StoredEvent(
-        event_id=uuid.uuid4(),
-        event_type="transaction",
-        occurred_at=datetime(2026, 3, 2, 10, 15, tzinfo=UTC),
-        subject_id=uuid.uuid4(),
-        counterparty_id=uuid.uuid4(),
-        amount=Decimal("250.00"),
-        currency="EUR",
-        payload={"data": {"originator": {"country": "NL"}, "beneficiary": {"country": "NL"}}},
-    )
+    event = transfer()
     memory = ScoringMemory(
         rulesets={1: stored(1, DEFAULT_RULESET)},
         active=1,
